@@ -1,0 +1,41 @@
+# ipsec-formula: the two commands a newcomer needs are `make demo` and
+# `make test`; both install what they need first (Debian packages with
+# apt-get when missing, a virtualenv with pinned Python packages).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEBS := $(shell sed -e 's/\#.*//' debian-packages.txt)
+PYTEST_ARGS ?=
+
+.PHONY: test demo bench deps debs venv clean
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS) test
+
+demo: deps
+	$(PY) tools/demo.py
+
+bench: deps
+	$(PY) bench/plan_bench.py
+
+deps: debs venv
+
+# Install the Debian packages that are missing (apt-get needs root).
+debs:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,63 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import lookup with context %}
+{#- Computing the plan here validates the pillar while the SLS renders: bad
+    input fails the whole run before any state (and so any write) runs.
+    The plan is redacted: the PSK never enters rendered SLS data, which
+    Salt logs at debug level. #}
+{%- set plan = salt['ipsec.plan']() %}
+
+include:
+  - {{ tplroot }}.package
+
+ipsec-nss-db-directory:
+  file.directory:
+    - name: {{ lookup.nss_dir }}
+    - makedirs: true
+    - require:
+      - ipsec-package-installed
+
+ipsec-nss-db-initialised:
+  cmd.run:
+    - name: {{ lookup.ipsec_bin }} initnss --nssdir {{ lookup.nss_dir }}
+    - creates: {{ lookup.nss_dir }}/cert9.db
+    - require:
+      - ipsec-nss-db-directory
+
+ipsec-config-file-managed:
+  file.managed:
+    - name: {{ lookup.config_file }}
+    - source: salt://{{ tplroot }}/files/ipsec.conf.jinja
+    - template: jinja
+    - mode: '0644'
+    - makedirs: true
+    - context:
+        config_setup: {{ plan.config_setup | json }}
+        config_dir: {{ lookup.config_dir | json }}
+    - require:
+      - ipsec-package-installed
+
+{#- ipsec.secrets may hold the operator's own secrets: create it when
+    missing, otherwise only make sure it includes the formula's files. #}
+ipsec-secrets-file-present:
+  file.managed:
+    - name: {{ lookup.secrets_file }}
+    - contents: include {{ lookup.config_dir }}/*.secrets
+    - replace: false
+    - mode: '0600'
+    - makedirs: true
+    - require:
+      - ipsec-package-installed
+
+ipsec-secrets-file-includes-formula-secrets:
+  file.append:
+    - name: {{ lookup.secrets_file }}
+    - text: include {{ lookup.config_dir }}/*.secrets
+    - require:
+      - ipsec-secrets-file-present
+
+ipsec-tunnel-files-managed:
+  ipsec.files_managed:
+    - require:
+      - ipsec-package-installed

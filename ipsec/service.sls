@@ -1,0 +1,26 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import lookup with context %}
+
+include:
+  - {{ tplroot }}.config
+
+{%- if lookup.service.manage %}
+ipsec-service-running:
+  service.running:
+    - name: {{ lookup.service.name }}
+    - enable: true
+    - require:
+      - ipsec-nss-db-initialised
+      - ipsec-secrets-file-includes-formula-secrets
+    # Config changes restart pluto (TripleO restarted on every run; this
+    # only on change).
+    - watch:
+      - ipsec-config-file-managed
+      - ipsec-tunnel-files-managed
+{%- else %}
+ipsec-service-running:
+  test.nop:
+    - name: service {{ lookup.service.name }} (pluto) is managed outside the formula
+{%- endif %}

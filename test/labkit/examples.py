@@ -1,0 +1,62 @@
+"""Built-in example clusters (documentation address ranges only).
+
+THREE_NODES: two controllers (cluster nodes sharing the VIPs) and one
+compute node, on internal_api (with VIP and the redis VIP), storage (with
+VIP; the compute node is not on it), tenant (IPv6) and ctlplane (never
+tunneled).
+"""
+
+import copy
+
+PSK = "demo-psk-4f8a1c0e9b7d2a6c5e3f1b8d7a9c0e2f"
+
+NETWORKS = {
+    "ctlplane": {"cidr": "192.0.2.0/24"},
+    "internal_api": {"cidr": "198.51.100.0/25", "vip": "198.51.100.100"},
+    "storage": {"cidr": "203.0.113.0/24", "vip": "203.0.113.100"},
+    "tenant": {"cidr": "2001:db8:0:1::/64"},
+}
+
+THREE_NODES = {
+    "controller-0": {
+        "ctlplane": "192.0.2.10",
+        "internal_api": "198.51.100.10",
+        "storage": "203.0.113.10",
+        "tenant": "2001:db8:0:1::10",
+    },
+    "controller-1": {
+        "ctlplane": "192.0.2.11",
+        "internal_api": "198.51.100.11",
+        "storage": "203.0.113.11",
+        "tenant": "2001:db8:0:1::11",
+    },
+    "compute-0": {
+        "ctlplane": "192.0.2.20",
+        "internal_api": "198.51.100.20",
+        "tenant": "2001:db8:0:1::20",
+    },
+}
+CLUSTER_NODES = ["controller-0", "controller-1"]
+
+
+def pillar(nodes=THREE_NODES, lookup=None, inventory=True, **extra):
+    """The ``ipsec`` pillar of the example (a fresh copy each call)."""
+    data = {
+        "psk": PSK,
+        "networks": copy.deepcopy(NETWORKS),
+        "extra_vips": {"redis": {"network": "internal_api", "address": "198.51.100.101"}},
+        "cluster": {"nodes": list(CLUSTER_NODES)},
+    }
+    if inventory:
+        data["nodes"] = {
+            node: {"addresses": {k: v for k, v in addrs.items() if k != "ctlplane"}}
+            for node, addrs in nodes.items()
+        }
+    if lookup:
+        data["lookup"] = lookup
+    data.update(copy.deepcopy(extra))
+    return data
+
+
+def own_ips(node, nodes=THREE_NODES):
+    return sorted(nodes[node].values())
