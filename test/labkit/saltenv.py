@@ -37,6 +37,9 @@ def write_pillar(pillar_dir, ipsec, extra=None):
     with open(os.path.join(str(pillar_dir), "top.sls"), "w") as handle:
         yaml.safe_dump({"base": {"*": ["ipsec"]}}, handle)
     with open(os.path.join(str(pillar_dir), "ipsec.sls"), "w") as handle:
+        # Plain YAML, no Jinja pass: Salt logs Jinja-rendered pillar text at
+        # debug level, which would put the PSK in the log (see README).
+        handle.write("#!yaml\n")
         yaml.safe_dump(data, handle, default_flow_style=False)
 
 

@@ -1,0 +1,226 @@
+"""The formula applied by a real salt-call (--local) into a temporary root:
+files and modes, idempotence, test=True accuracy, failure with no writes,
+stale-file removal, the PSK kept out of every output and log."""
+
+import os
+import stat
+
+import pytest
+
+from labkit import examples, saltenv
+from labkit.pluto import Pluto
+
+NODE = "controller-0"
+
+
+def snapshot(root):
+    """{relative path: (mode, content, mtime)} of every file under root."""
+    found = {}
+    for base, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(base, name)
+            info = os.stat(path)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, root)] = (stat.S_IMODE(info.st_mode), handle.read(), info.st_mtime_ns)
+    return found
+
+
+class Node:
+    """One formula node: a minion factory, its pillar dir, its temp root."""
+
+    def __init__(self, factory, layout):
+        self.factory = factory
+        self.layout = layout
+        self.cli = factory.salt_call_cli(timeout=120)
+
+    def set_pillar(self, ipsec):
+        saltenv.write_pillar(self.factory.pillar_dir, ipsec)
+
+    def call(self, *args):
+        return self.cli.run("--local", *args)
+
+    def apply(self, *args):
+        return self.call("state.apply", "ipsec", *args)
+
+
+def states(result):
+    """state id -> state return, from a state.apply ProcessResult."""
+    assert isinstance(result.data, dict), result.stdout + result.stderr
+    return {value["__id__"]: value for value in result.data.values()}
+
+
+def changed(result):
+    return {sid: st["changes"] for sid, st in states(result).items() if st["changes"]}
+
+
+@pytest.fixture
+def node(salt_node, tmp_path):
+    layout = Pluto(tmp_path / "root")
+    pillar = examples.pillar(lookup=layout.lookup())
+    factory = salt_node(NODE, examples.own_ips(NODE), pillar)
+    return Node(factory, layout)
+
+
+def test_apply_writes_the_plan_with_modes_then_is_idempotent(node):
+    first = node.apply()
+    assert first.returncode == 0, first.stdout
+    assert all(st["result"] is True for st in states(first).values())
+    plan = node.call("ipsec.plan").data
+    written = sorted(
+        os.path.join(node.layout.config_dir, name) for name in os.listdir(node.layout.config_dir)
+    )
+    assert written == sorted(plan["files"])
+    for path, meta in plan["files"].items():
+        assert "{:04o}".format(stat.S_IMODE(os.stat(path).st_mode)) == meta["mode"]
+    conf = open(os.path.join(node.layout.config_dir, "overcloud-redis-vip-tunnels.conf")).read()
+    assert "conn overcloud-redis-vip-tunnel\n" in conf and "\tleftid=@redisvip\n" in conf
+    ipsec_conf = open(node.layout.config_file).read()
+    assert "\tuniqueids=no\n" in ipsec_conf
+    assert "include {}/*.conf\n".format(node.layout.config_dir) in ipsec_conf
+    assert "include {}/*.secrets".format(node.layout.config_dir) in open(node.layout.secrets_file).read()
+    assert stat.S_IMODE(os.stat(node.layout.secrets_file).st_mode) == 0o600
+    assert os.path.exists(os.path.join(node.layout.nss_dir, "cert9.db"))
+
+    second = node.apply()
+    assert second.returncode == 0
+    assert changed(second) == {}
+
+
+def test_test_mode_predicts_exactly_what_a_run_changes(node):
+    assert node.apply().returncode == 0
+    pillar = examples.pillar(lookup=node.layout.lookup(), config_setup={"logappend": "no"})
+    del pillar["nodes"]["compute-0"]                      # tunnels go away
+    pillar["networks"]["storage"]["algorithm"] = "aes_gcm256-null"  # conns change
+    pillar["skip_networks"] = ["ctlplane", "tenant"]     # files go away
+    node.set_pillar(pillar)
+    os.chmod(os.path.join(node.layout.config_dir, "overcloud-redis-vip-tunnels.conf"), 0o644)  # mode drift
+
+    before = snapshot(node.layout.root)
+    predicted = node.apply("test=True")
+    assert predicted.returncode == 0
+    assert snapshot(node.layout.root) == before, "test=True wrote something"
+    predicted_changes = changed(predicted)
+    assert all(st["result"] in (None, True) for st in states(predicted).values())
+
+    real = node.apply()
+    assert real.returncode == 0
+    assert changed(real) == predicted_changes
+    files = predicted_changes["ipsec-tunnel-files-managed"]
+    d = node.layout.config_dir + "/overcloud-"
+    assert files[d + "tenant-node-to-node-tunnels.conf"] == {"removed": "not in the plan any more"}
+    assert files[d + "redis-vip-tunnels.conf"]["mode"] == {"old": "0644", "new": "0640"}
+    assert "aes_gcm256-null" in files[d + "storage-vip-tunnels.conf"]["diff"]
+    assert "ipsec-config-file-managed" in predicted_changes
+
+    again = node.apply("test=True")
+    assert changed(again) == {}
+    assert all(st["result"] is True for st in states(again).values())
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda p: p.update(psk="too-short"), "ipsec:psk: is too short"),
+        (lambda p: p["networks"]["storage"].update(vip="198.51.100.77"), "ipsec:networks:storage:vip:"),
+        (lambda p: p.update(algorithm="aes_gcm128-sha1"), "ipsec:algorithm: Libreswan rejects 'aes_gcm128-sha1'"),
+        (lambda p: p["networks"]["tenant"].update(algorithm="aes;reboot"),
+         "ipsec:networks:tenant:algorithm: Libreswan rejects 'aes;reboot'"),
+    ],
+    ids=["short-psk", "vip-outside", "aead-with-integrity", "algorithm-injection"],
+)
+def test_bad_pillar_fails_before_any_write(node, mutate, message):
+    assert node.apply().returncode == 0
+    before = snapshot(node.layout.root)
+    pillar = examples.pillar(lookup=node.layout.lookup())
+    mutate(pillar)
+    node.set_pillar(pillar)
+    result = node.apply()
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert message in output
+    assert snapshot(node.layout.root) == before
+
+
+def test_bad_pillar_on_a_fresh_node_creates_nothing(node):
+    pillar = examples.pillar(lookup=node.layout.lookup())
+    pillar["extra_vips"]["redis"]["network"] = "nowhere"
+    node.set_pillar(pillar)
+    before = snapshot(node.layout.root)
+    result = node.apply()
+    assert result.returncode != 0
+    assert "ipsec:extra_vips:redis:network: 'nowhere' is not a network" in result.stdout + result.stderr
+    assert snapshot(node.layout.root) == before
+
+
+def test_stale_formula_files_removed_unrelated_files_kept(node):
+    assert node.apply().returncode == 0
+    unrelated = os.path.join(node.layout.config_dir, "site-vpn.conf")
+    other_prefix = os.path.join(node.layout.config_dir, "overcloudx-storage.conf")
+    for path in (unrelated, other_prefix):
+        with open(path, "w") as handle:
+            handle.write("conn site\n\tauto=ignore\n")
+    pillar = examples.pillar(lookup=node.layout.lookup())
+    del pillar["networks"]["storage"]
+    for entry in pillar["nodes"].values():
+        entry["addresses"].pop("storage", None)
+    node.set_pillar(pillar)
+    result = node.apply()
+    assert result.returncode == 0
+    names = os.listdir(node.layout.config_dir)
+    assert not [n for n in names if n.startswith("overcloud-storage-")]
+    assert "site-vpn.conf" in names and "overcloudx-storage.conf" in names
+    removed = changed(result)["ipsec-tunnel-files-managed"]
+    assert len(removed) == 4 and all(c == {"removed": "not in the plan any more"} for c in removed.values())
+
+
+def test_psk_never_in_outputs_logs_or_other_files(node, tmp_path):
+    log_file = tmp_path / "minion-debug.log"
+    debug = ["--log-level=debug", "--log-file={}".format(log_file), "--log-file-level=all"]
+    outputs = []
+    for args in (
+        ["state.apply", "ipsec"],
+        ["state.apply", "ipsec", "test=True"],
+        ["ipsec.plan"],
+        ["ipsec.addresses"],
+        ["state.show_sls", "ipsec"],
+    ):
+        result = node.call(*(debug + args))
+        assert result.returncode == 0, result.stdout
+        outputs.append(result.stdout + result.stderr)
+    # A failing run (after the PSK is in place) must not leak it either.
+    pillar = examples.pillar(lookup=node.layout.lookup(), algorithm="vanity-null")
+    node.set_pillar(pillar)
+    failing = node.call(*(debug + ["state.apply", "ipsec"]))
+    assert failing.returncode != 0
+    outputs.append(failing.stdout + failing.stderr)
+
+    log_text = log_file.read_text(errors="replace")
+    assert "Rendered data from file" in log_text, "debug logging did not reach the log file"
+    for text in outputs + [log_text]:
+        assert examples.PSK not in text
+    holders = [
+        path for path, (mode, content, _) in snapshot(node.layout.root).items()
+        if examples.PSK.encode() in content
+    ]
+    assert holders and all(path.endswith(".secrets") for path in holders)
+    for path in holders:
+        assert stat.S_IMODE(os.stat(os.path.join(node.layout.root, path)).st_mode) == 0o600
+
+
+def test_default_lookup_renders_package_nss_and_service(salt_node):
+    """The production path (systemd service, package) cannot run here; its
+    rendering is checked instead."""
+    factory = salt_node("controller-1", examples.own_ips("controller-1"), examples.pillar())
+    result = factory.salt_call_cli(timeout=120).run("--local", "state.show_sls", "ipsec")
+    assert result.returncode == 0, result.stdout
+    data = result.data
+    assert "installed" in data["ipsec-package-installed"]["pkg"]
+    assert {"name": "libreswan"} in data["ipsec-package-installed"]["pkg"]
+    service = data["ipsec-service-running"]["service"]
+    assert "running" in service and {"name": "ipsec"} in service and {"enable": True} in service
+    watch = [item["watch"] for item in service if isinstance(item, dict) and "watch" in item][0]
+    assert "ipsec-tunnel-files-managed" in watch
+    nss = data["ipsec-nss-db-initialised"]["cmd"]
+    assert {"creates": "/var/lib/ipsec/nss/cert9.db"} in nss
+    assert {"name": "/usr/sbin/ipsec initnss --nssdir /var/lib/ipsec/nss"} in nss
+    assert {"name": "/etc/ipsec.conf"} in data["ipsec-config-file-managed"]["file"]
