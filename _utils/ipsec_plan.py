@@ -36,15 +36,16 @@ KNOWN_KEYS = {
     "": {
         "psk", "prefix", "algorithm", "ike_algorithm", "networks",
         "extra_vips", "skip_networks", "conn_options", "nodes", "mine",
-        "cluster", "pacemaker", "config_setup", "libreswan_version",
-        "lookup",
+        "cluster", "pacemaker", "firewall", "config_setup",
+        "libreswan_version", "lookup",
     },
     "networks": {"cidr", "vip", "algorithm", "ike_algorithm", "conn_options"},
     "extra_vips": {"network", "address"},
     "nodes": {"addresses"},
     "mine": {"target", "tgt_type", "function"},
     "cluster": {"nodes", "grain", "detect"},
-    "pacemaker": {"resource_prefix", "vip_resource"},
+    "pacemaker": {"manage", "resource_prefix", "vip_resource", "apply_from", "monitor_interval"},
+    "firewall": {"manage", "backend", "table"},
 }
 
 # Keywords that carry the tunnel's identity: overriding them would make the
