@@ -104,6 +104,11 @@ def version():
                 "ipsec:libreswan_version: {!r} is not a Libreswan 3.x, 4.x or 5.x version".format(pinned)
             )
         return {"version": "{}.{}".format(*parsed), "major": parsed[0], "source": "pillar"}
+    return _installed_version()
+
+
+def _installed_version():
+    """What ``ipsec --version`` says (cached once known)."""
     if "ipsec.version" in __context__:
         return __context__["ipsec.version"]
     binary = lookup()["ipsec_bin"]
@@ -163,13 +168,16 @@ def _mine_data(conf):
     )
 
 
-def _algparse(proposal, major):
-    """Ask Libreswan whether it accepts ``proposal`` (``esp=...``/``ike=...``)."""
+def _algparse(proposal):
+    """Ask the installed Libreswan whether it accepts ``proposal``
+    (``esp=...``/``ike=...``): "" yes, a message no, None cannot tell."""
     key = "ipsec.algparse:" + proposal
     if key in __context__:
         return __context__[key]
     paths = lookup()
-    if major >= 5:
+    # The command line depends on the installed release, not on the release
+    # the plan is written for (pillar ipsec:libreswan_version).
+    if (_installed_version()["major"] or FALLBACK_MAJOR) >= 5:
         cmd = [paths["ipsec_bin"], "algparse", "--ikev2", proposal]
         available = os.path.exists(paths["ipsec_bin"])
     else:
@@ -189,9 +197,8 @@ def _algparse(proposal, major):
 
 def _check_algorithms(conf, built):
     """Fail naming the pillar key of the first proposal Libreswan rejects."""
-    major = built["libreswan_major"]
     for key, kind, proposal in __utils__["ipsec_plan.algorithm_sources"](conf):
-        verdict = _algparse("{}={}".format(kind, proposal), major)
+        verdict = _algparse("{}={}".format(kind, proposal))
         if verdict is None:
             built["warnings"].append("algparse not found: {} {!r} not checked before pluto".format(kind, proposal))
             return

@@ -1,0 +1,107 @@
+"""The execution module's Salt glue, with the dunders patched (pure logic:
+the real loader runs in the functional tests)."""
+
+import importlib.util
+import os
+
+import pytest
+import yaml
+from salt.exceptions import SaltInvocationError
+
+import ipsec_plan
+from labkit import examples
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_module(pillar, grains=None, mine=None, calls=None):
+    spec = importlib.util.spec_from_file_location("ipsec_module_under_test", os.path.join(REPO, "_modules", "ipsec.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls = calls if calls is not None else []
+
+    def mine_get(target, function, tgt_type="glob"):
+        calls.append(("mine.get", target, function, tgt_type))
+        return mine or {}
+
+    def run_all(cmd, **kwargs):
+        calls.append(("cmd.run_all", cmd))
+        if cmd[-1] == "--version":
+            return {"retcode": 0, "stdout": "Libreswan 4.10", "stderr": ""}
+        return {"retcode": 0, "stdout": "ok", "stderr": ""}
+
+    module.__pillar__ = {"ipsec": pillar}
+    module.__grains__ = grains or {}
+    module.__opts__ = {"id": "controller-0"}
+    module.__context__ = {}
+    module.__salt__ = {"mine.get": mine_get, "cmd.run_all": run_all, "match.grain": lambda expr: expr == "roles:controller"}
+    module.__utils__ = {
+        "ipsec_plan." + name: getattr(ipsec_plan, name)
+        for name in ("build_plan", "node_addresses", "parse_cluster", "algorithm_sources")
+    }
+    return module
+
+
+def test_lookup_defaults_equal_the_state_tree_defaults():
+    with open(os.path.join(REPO, "ipsec", "defaults.yaml")) as handle:
+        defaults = yaml.safe_load(handle)["ipsec"]["lookup"]
+    with open(os.path.join(REPO, "ipsec", "osfamilymap.yaml")) as handle:
+        osfamilymap = yaml.safe_load(handle)
+    module = load_module({})
+    assert module.DEFAULT_LOOKUP == defaults
+    assert module.OS_FAMILY_LOOKUP == osfamilymap
+
+
+def test_lookup_merges_os_family_then_pillar():
+    module = load_module({"lookup": {"ctlsocket": "/tmp/x.ctl", "pkg": {"manage": False}}}, grains={"os_family": "RedHat"})
+    merged = module.lookup()
+    assert merged["nss_dir"] == "/etc/ipsec.d"
+    assert merged["ctlsocket"] == "/tmp/x.ctl"
+    assert merged["pkg"] == {"name": "libreswan", "manage": False}
+
+
+def test_mine_sourced_peers_through_the_module():
+    pillar = examples.pillar(inventory=False, mine={"target": "role:overcloud", "tgt_type": "grain"})
+    mine = {n: {k: v for k, v in a.items() if k != "ctlplane"} for n, a in examples.THREE_NODES.items()}
+    calls = []
+    module = load_module(pillar, grains={"ipv4": examples.own_ips("controller-0")}, mine=mine, calls=calls)
+    module._check_algorithms = lambda conf, built: None
+    plan = module.build()
+    assert ("mine.get", "role:overcloud", "ipsec.addresses", "grain") in calls
+    assert plan["peer_source"] == "mine"
+    assert "overcloud-internal_api-198.51.100.10-198.51.100.20" in plan["connections"]
+    assert plan["libreswan_major"] == 4
+
+
+def test_inventory_means_no_mine_call():
+    calls = []
+    module = load_module(examples.pillar(), grains={"ipv4": examples.own_ips("controller-0")}, calls=calls)
+    module._check_algorithms = lambda conf, built: None
+    module.build()
+    assert not [c for c in calls if c[0] == "mine.get"]
+
+
+def test_cluster_membership_by_grain():
+    pillar = examples.pillar(cluster={"grain": "roles:controller"})
+    module = load_module(pillar, grains={"ipv4": examples.own_ips("controller-0")})
+    module._check_algorithms = lambda conf, built: None
+    assert module.build()["cluster_node"] is True
+    pillar = examples.pillar(cluster={"grain": "roles:compute"})
+    module = load_module(pillar, grains={"ipv4": examples.own_ips("controller-0")})
+    module._check_algorithms = lambda conf, built: None
+    assert module.build()["cluster_node"] is False
+
+
+def test_pinned_libreswan_version():
+    module = load_module(examples.pillar(libreswan_version="5.2"), grains={"ipv4": examples.own_ips("controller-0")})
+    assert module.version() == {"version": "5.2", "major": 5, "source": "pillar"}
+    module = load_module(examples.pillar(libreswan_version="2.6"))
+    with pytest.raises(SaltInvocationError, match="ipsec:libreswan_version:"):
+        module.version()
+
+
+def test_missing_pillar_is_a_clear_error():
+    module = load_module(None)
+    module.__pillar__ = {}
+    with pytest.raises(SaltInvocationError, match="ipsec: pillar key is missing"):
+        module.plan()
