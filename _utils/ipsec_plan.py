@@ -52,6 +52,66 @@ KNOWN_KEYS = {
 # two ends disagree or break the secrets lookup, so the plan owns them.
 RESERVED_KEYWORDS = {"left", "right", "leftid", "rightid", "also", "authby"}
 
+# Keywords a pillar may override, each with the values Libreswan takes.
+# An allowlist: `addconn --checkconfig` silently accepts some bad values
+# (mtu=abc, keyingtries=1x) that only fail once pluto loads the conn, and
+# the formula promises to refuse bad input before it touches a node.
+_YES_NO = ("yes", "no")
+_DURATION = re.compile(r"^[0-9]{1,9}[smhd]?$")
+_INTEGER = re.compile(r"^[0-9]{1,9}$")
+CONN_KEYWORDS = {
+    "auto": ("add", "start", "ondemand", "route", "ignore", "keep"),
+    "type": ("tunnel", "transport"),
+    "failureshunt": ("none", "passthrough", "drop", "reject"),
+    "negotiationshunt": ("hold", "passthrough", "drop"),
+    "dpdaction": ("hold", "clear", "restart"),
+    "encapsulation": ("yes", "no", "auto"),
+    "fragmentation": ("yes", "no", "force"),
+    "esn": ("yes", "no", "either"),
+    "nic-offload": ("yes", "no", "auto"),
+    "rekey": _YES_NO,
+    "reauth": _YES_NO,
+    "pfs": _YES_NO,
+    "compress": _YES_NO,
+    "mobike": _YES_NO,
+    "narrowing": _YES_NO,
+    "ikepad": _YES_NO,
+    "decap-dscp": _YES_NO,
+    "nopmtudisc": _YES_NO,
+    "ikelifetime": _DURATION,
+    "salifetime": _DURATION,
+    "ipsec-lifetime": _DURATION,
+    "rekeymargin": _DURATION,
+    "dpddelay": _DURATION,
+    "dpdtimeout": _DURATION,
+    "retransmit-timeout": _DURATION,
+    "retransmit-interval": _INTEGER,
+    "keyingtries": _INTEGER,
+    "mtu": re.compile(r"^[1-9][0-9]{2,4}$"),
+    "replay-window": _INTEGER,
+    "priority": _INTEGER,
+    "metric": _INTEGER,
+    "rekeyfuzz": re.compile(r"^[0-9]{1,3}%$"),
+}
+CONFIG_SETUP_KEYWORDS = {
+    "uniqueids": _YES_NO,
+    "logappend": _YES_NO,
+    "logtime": _YES_NO,
+    "logip": _YES_NO,
+    "audit-log": _YES_NO,
+    "logfile": re.compile(r"^/[A-Za-z0-9._/-]{1,200}$"),
+    "dumpdir": re.compile(r"^/[A-Za-z0-9._/-]{1,200}$"),
+    "plutodebug": re.compile(r"^[a-z0-9-]+(?: [a-z0-9-]+)*$"),
+    "ikev1-policy": ("accept", "reject", "drop"),
+    "ddos-mode": ("busy", "unlimited", "auto"),
+    "nhelpers": re.compile(r"^-?[0-9]{1,3}$"),
+    "keep-alive": _INTEGER,
+    "crl-strict": _YES_NO,
+    "ocsp-enable": _YES_NO,
+}
+# Proposals have their own pillar keys, checked by Libreswan's algparse.
+PROPOSAL_KEYWORDS = {"ike", "esp", "phase2alg", "ah"}
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 KEYWORD_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 # Printable ASCII except the characters that end or quote a value in
@@ -125,15 +185,36 @@ def _keyword_value(value, key):
     return value
 
 
-def parse_options(value, key, reserved=RESERVED_KEYWORDS):
-    """Validate a mapping of ipsec.conf keywords; ``None`` means 'remove'."""
+def _allowed(rule, value):
+    return value in rule if isinstance(rule, tuple) else bool(rule.match(value))
+
+
+def _rule_text(rule):
+    return "one of " + ", ".join(rule) if isinstance(rule, tuple) else "matching " + rule.pattern
+
+
+def parse_options(value, key, table=None):
+    """Validate a mapping of ipsec.conf keywords against ``table`` (default
+    CONN_KEYWORDS); ``None`` as a value means 'remove this keyword'."""
+    table = CONN_KEYWORDS if table is None else table
     options = {}
     for keyword, item in _mapping(value, key).items():
         if not isinstance(keyword, str) or not KEYWORD_RE.match(keyword):
             fail(key, "{!r} is not a keyword".format(_short(keyword)))
-        if keyword in reserved:
-            fail("{}:{}".format(key, keyword), "is set by the formula and cannot be overridden")
-        options[keyword] = None if item is None else _keyword_value(item, "{}:{}".format(key, keyword))
+        item_key = "{}:{}".format(key, keyword)
+        if keyword in RESERVED_KEYWORDS:
+            fail(item_key, "is set by the formula and cannot be overridden")
+        if keyword in PROPOSAL_KEYWORDS:
+            fail(item_key, "proposals are set with ipsec:algorithm / ipsec:ike_algorithm (checked by algparse)")
+        if keyword not in table:
+            fail(item_key, "is not a keyword the formula can override (known: {})".format(", ".join(sorted(table))))
+        if item is None:
+            options[keyword] = None
+            continue
+        text = _keyword_value(item, item_key)
+        if not _allowed(table[keyword], text):
+            fail(item_key, "{!r} is not a valid value ({})".format(_short(text), _rule_text(table[keyword])))
+        options[keyword] = text
     return options
 
 
@@ -265,7 +346,7 @@ def _parse_extra_vips(conf, networks, warnings):
         entry = _mapping(raw[name], key)
         warnings.extend(unknown_keys("extra_vips", entry, key))
         network = entry.get("network")
-        if network not in networks:
+        if not isinstance(network, str) or network not in networks:
             fail(key + ":network", "{!r} is not a network in ipsec:networks".format(_short(network)))
         address = parse_address(entry.get("address"), key + ":address")
         _check_in(address, networks[network].cidr, key + ":address")
@@ -451,7 +532,7 @@ def _parse_skip(conf, networks):
     if not isinstance(raw, list):
         fail("skip_networks", "must be a list of network names")
     for name in raw:
-        if name not in networks:
+        if not isinstance(name, str) or name not in networks:
             fail("skip_networks", "{!r} is not a network in ipsec:networks".format(_short(name)))
     return set(raw)
 
@@ -556,7 +637,7 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
     prefix = _name(conf.get("prefix", DEFAULT_PREFIX), "prefix", "prefix")
     defaults = _parse_defaults(conf)
     config_setup = dict(DEFAULT_CONFIG_SETUP)
-    config_setup.update(parse_options(conf.get("config_setup"), "config_setup", reserved=()))
+    config_setup.update(parse_options(conf.get("config_setup"), "config_setup", CONFIG_SETUP_KEYWORDS))
     config_setup = {k: v for k, v in config_setup.items() if v is not None}
     for section in ("mine", "cluster"):
         warnings.extend(unknown_keys(section, _mapping(conf.get(section), section), section))
