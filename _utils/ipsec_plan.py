@@ -549,7 +549,36 @@ def _parse_cluster_options(conf, warnings):
         vip_resource.format(address="198.51.100.1", name="x", network="x")
     except (KeyError, IndexError, ValueError):
         fail("pacemaker:vip_resource", "may only use {address}, {name} and {network}")
+    # Read by _modules/ipsec_pacemaker.py (and init.sls for manage); checked
+    # here so a typo fails every node's plan, not only the applier's run.
+    if not isinstance(pacemaker.get("manage", False), bool):
+        fail("pacemaker:manage", "must be true or false")
+    apply_from = pacemaker.get("apply_from")
+    if apply_from is not None and (not isinstance(apply_from, str) or not apply_from.strip()):
+        fail("pacemaker:apply_from", "{!r} must be a minion id".format(_short(apply_from)))
+    interval = pacemaker.get("monitor_interval", "10s")
+    if isinstance(interval, bool) or not (
+            (isinstance(interval, int) and interval > 0)
+            or (isinstance(interval, str) and re.match(r"^[0-9]{1,9}(ms|msec|us|usec|s|sec|m|min|h|hr)?$", interval)
+                and int(re.match(r"[0-9]+", interval).group()) > 0)):
+        fail("pacemaker:monitor_interval", "{!r} is not a pacemaker interval (e.g. 10s, 1min, 30)".format(
+            _short(interval)))
     return resource_prefix, vip_resource
+
+
+def _parse_firewall(conf, warnings):
+    firewall = _mapping(conf.get("firewall"), "firewall")
+    warnings.extend(unknown_keys("firewall", firewall, "firewall"))
+    manage = firewall.get("manage", True)
+    if not isinstance(manage, bool):
+        fail("firewall:manage", "must be true or false")
+    backend = firewall.get("backend", "nftables")
+    if backend not in ("nftables", "iptables"):
+        fail("firewall:backend", "{!r} must be nftables or iptables".format(_short(backend)))
+    table = firewall.get("table", "ipsec_formula")
+    if not isinstance(table, str) or not re.match(r"^[A-Za-z][A-Za-z0-9_]{0,31}$", table):
+        fail("firewall:table", "{!r} must be 1-32 letters, digits or '_'".format(_short(table)))
+    return {"manage": manage, "backend": backend, "table": table}
 
 
 def _parse_defaults(conf):
@@ -642,6 +671,7 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
     for section in ("mine", "cluster"):
         warnings.extend(unknown_keys(section, _mapping(conf.get(section), section), section))
     resource_prefix, vip_resource = _parse_cluster_options(conf, warnings)
+    firewall = _parse_firewall(conf, warnings)
 
     networks = _parse_networks(conf, defaults, warnings)
     skip = _parse_skip(conf, networks)
@@ -678,6 +708,7 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
         "secrets": [],
         "files": {},
         "vips": {},
+        "firewall": dict(firewall, networks={}),
         "warnings": warnings,
     }
 
@@ -712,6 +743,7 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
         }
         if not tunneled:
             continue
+        plan["firewall"]["networks"][name] = str(net.cidr)
         conf_path = _file_path(config_dir, prefix, name + "-node-to-node-tunnels", "conf")
         secrets_path = _file_path(config_dir, prefix, name + "-node-to-node-tunnels", "secrets")
         for peer_id, peer_address in sorted(net_peers.items(), key=lambda item: _address_order(item[1])):

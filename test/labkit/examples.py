@@ -54,6 +54,9 @@ def pillar(nodes=THREE_NODES, lookup=None, inventory=True, **extra):
         }
     if lookup:
         data["lookup"] = lookup
+    # Tests that do not run in a namespace must not touch the host's
+    # firewall; the firewall tests and the lab turn it on.
+    data["firewall"] = {"manage": False}
     data.update(copy.deepcopy(extra))
     return data
 

@@ -49,3 +49,21 @@ def node_grains(addresses):
         "ipv4": [a for a in addresses if ":" not in a],
         "ipv6": [a for a in addresses if ":" in a],
     }
+
+
+def call_in_netns(cli, netns_name, *args):
+    """Run a pytest-salt-factories salt-call CLI inside a namespace, so what
+    the formula does to the network (firewall) stays there.
+
+    Returns (returncode, parsed "local" data or None, stdout + stderr).
+    """
+    import json
+    import subprocess
+
+    cmd = ["ip", "netns", "exec", netns_name] + cli.cmdline("--local", *args)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    try:
+        data = json.loads(result.stdout)["local"]
+    except (ValueError, KeyError, TypeError):
+        data = None
+    return result.returncode, data, result.stdout + result.stderr

@@ -1,0 +1,181 @@
+"""
+Firewall rules for the tunneled networks of ipsec-formula.
+
+IKE (udp 500), NAT-T (udp 4500), ESP and AH are accepted inbound from and
+outbound to every tunneled network of this node's plan (``ipsec.plan``),
+IPv4 and IPv6. Backend ``nftables`` (default): a table the formula owns,
+``inet ipsec_formula``; backend ``iptables``: rules at the top of INPUT and
+OUTPUT of iptables/ip6tables, marked with the comment ``ipsec-formula``.
+Pillar: ``ipsec:firewall:manage|backend|table``.
+"""
+
+import logging
+
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "ipsec_firewall"
+
+IPTABLES = {4: "iptables", 6: "ip6tables"}
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _run(cmd, stdin=None, ok_codes=(0,)):
+    result = __salt__["cmd.run_all"](cmd, python_shell=False, stdin=stdin, ignore_retcode=True)
+    if result["retcode"] not in ok_codes:
+        raise CommandExecutionError("{} failed ({}): {}".format(
+            " ".join(cmd[:3]), result["retcode"], (result.get("stderr") or result.get("stdout") or "").strip()))
+    return result
+
+
+def rules(backend=None):
+    """
+    The rules this node should have, from its plan: a list of
+    ``{"chain", "family", "cidr", "proto", "port", "text"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_firewall.rules
+    """
+    firewall = __salt__["ipsec.build"]()["firewall"]
+    return [
+        {"chain": r[0], "family": r[1], "cidr": r[2], "proto": r[3], "port": r[4],
+         "text": __utils__["ipsec_fwrules.describe"](r)}
+        for r in __utils__["ipsec_fwrules.desired_rules"](firewall)
+    ]
+
+
+def _nft_live(table):
+    """Parsed live table, or None when it does not exist."""
+    result = _run(["nft", "-j", "list", "table", "inet", table], ok_codes=(0, 1))
+    if result["retcode"] != 0:
+        if "No such file" in result.get("stderr", "") or "does not exist" in result.get("stderr", ""):
+            return None
+        raise CommandExecutionError("nft list table inet {} failed: {}".format(table, result.get("stderr", "").strip()))
+    return __utils__["ipsec_fwrules.parse_nft_table"](result["stdout"])
+
+
+def _iptables_live(family):
+    return __utils__["ipsec_fwrules.iptables_ours"](_run([IPTABLES[family], "-S"])["stdout"])
+
+
+def diff(firewall=None):
+    """
+    What differs between the plan's rules and the live firewall:
+    ``{"backend", "in_place": bool, "add": [...], "remove": [...]}`` (rule
+    descriptions). Changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_firewall.diff
+    """
+    firewall = firewall or __salt__["ipsec.build"]()["firewall"]
+    desired = __utils__["ipsec_fwrules.desired_rules"](firewall)
+    describe = __utils__["ipsec_fwrules.describe"]
+    if firewall["backend"] == "nftables":
+        live = _nft_live(firewall["table"])
+        if live is None:
+            return {"backend": "nftables", "in_place": False, "exists": False,
+                    "add": [describe(r) for r in desired], "remove": []}
+        in_place = __utils__["ipsec_fwrules.nft_matches"](live, desired)
+        current = [r for r in live["rules"] if r[0] != "foreign"]
+        foreign = [r for r in live["rules"] if r[0] == "foreign"]
+        return {
+            "backend": "nftables", "in_place": in_place, "exists": True,
+            "add": [describe(r) for r in desired if r not in current],
+            "remove": [describe(r) for r in current if r not in desired]
+                      + ["foreign rule in chain {}".format(r[1]) for r in foreign],
+        }
+    add, remove = [], []
+    line = __utils__["ipsec_fwrules.iptables_line"]
+    for family, wanted in __utils__["ipsec_fwrules.rules_by_family"](desired).items():
+        live = _iptables_live(family)
+        wanted_lines = [line(r) for r in wanted]
+        add += [describe(r) for r, l in zip(wanted, wanted_lines) if l not in live]
+        remove += [" ".join(l) for l in live if l not in wanted_lines]
+    return {"backend": "iptables", "in_place": not add and not remove, "add": add, "remove": remove}
+
+
+def apply(firewall=None):
+    """
+    Make the live firewall match the plan (a no-op when it does).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_firewall.apply
+    """
+    firewall = firewall or __salt__["ipsec.build"]()["firewall"]
+    found = diff(firewall)
+    if found["in_place"]:
+        return found
+    desired = __utils__["ipsec_fwrules.desired_rules"](firewall)
+    if firewall["backend"] == "nftables":
+        script = __utils__["ipsec_fwrules.nft_script"](firewall["table"], desired, replace=found["exists"])
+        _run(["nft", "-f", "-"], stdin=script)
+        return found
+    line = __utils__["ipsec_fwrules.iptables_line"]
+    for family, wanted in __utils__["ipsec_fwrules.rules_by_family"](desired).items():
+        _remove_iptables(family)
+        # Insert at the top of each chain, in order, so the rules come
+        # before the host's own.
+        positions = {}
+        for rule in wanted:
+            spec = line(rule, action="-I")
+            positions[spec[1]] = positions.get(spec[1], 0) + 1
+            _run([IPTABLES[family], spec[0], spec[1], str(positions[spec[1]])] + spec[2:])
+    return found
+
+
+def _remove_iptables(family):
+    removed = []
+    for spec in _iptables_live(family):
+        _run([IPTABLES[family], "-D"] + spec[1:])
+        removed.append(" ".join(spec))
+    return removed
+
+
+def remove(backend="nftables", table="ipsec_formula"):
+    """
+    Remove the formula's firewall rules (its nftables table, or its
+    commented iptables rules); other rules are left alone. Returns what was
+    removed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_firewall.remove
+        salt '*' ipsec_firewall.remove backend=iptables
+    """
+    if backend == "nftables":
+        if _nft_live(table) is None:
+            return []
+        _run(["nft", "delete", "table", "inet", table])
+        return ["table inet " + table]
+    return _remove_iptables(4) + _remove_iptables(6)
+
+
+def present(backend="nftables", table="ipsec_formula"):
+    """
+    What of the formula's firewall exists (for clean and test=True):
+    a list of descriptions.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_firewall.present
+    """
+    if backend == "nftables":
+        return [] if _nft_live(table) is None else ["table inet " + table]
+    return [" ".join(spec) for family in (4, 6) for spec in _iptables_live(family)]
