@@ -329,3 +329,19 @@ def test_node_addresses_for_the_mine():
         "storage": "203.0.113.10",
         "tenant": "2001:db8:0:1::10",
     }
+
+
+def test_pillar_example_is_valid_and_every_key_is_known():
+    """pillar.example stays in step with the code: it plans without error
+    and without an unknown-key warning."""
+    import os
+
+    import yaml
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "pillar.example")
+    with open(path) as handle:
+        conf = yaml.safe_load(handle)["ipsec"]
+    plan = ipsec_plan.build_plan(conf, "controller-0", ["198.51.100.10", "203.0.113.10", "2001:db8:0:1::10"],
+                                 cluster_node=True)
+    assert plan["warnings"] == []
+    assert plan["vips"] and plan["firewall"]["manage"] is True
