@@ -13,8 +13,8 @@ from labkit.pluto import Pluto
 
 PSK = "firewall-test-psk-6b1e0c3a9d8f7e2b4a5c"
 NODES = {
-    "fw-a": {"internal_api": "198.51.100.1", "tenant": "2001:db8:0:1::1", "ctlplane": "192.0.2.1"},
-    "fw-b": {"internal_api": "198.51.100.2", "tenant": "2001:db8:0:1::2", "ctlplane": "192.0.2.2"},
+    "fw-a": {"internal_api": "198.51.100.1", "tenant": "2001:db8:0:1::1", "ctlplane": "198.51.100.129"},
+    "fw-b": {"internal_api": "198.51.100.2", "tenant": "2001:db8:0:1::2", "ctlplane": "198.51.100.130"},
 }
 
 
@@ -22,7 +22,7 @@ def pillar(layout, firewall):
     return {
         "psk": PSK,
         "networks": {
-            "ctlplane": {"cidr": "192.0.2.0/24"},
+            "ctlplane": {"cidr": "198.51.100.128/25"},
             "internal_api": {"cidr": "198.51.100.0/25"},
             "tenant": {"cidr": "2001:db8:0:1::/64"},
         },
@@ -68,7 +68,7 @@ def nft(ns, *args):
 
 def test_nftables_present_idempotent_predicted_and_cleaned(fw_node):
     node = fw_node("fw-a", {"manage": True})
-    node.ns.add_stub(["198.51.100.1/25", "2001:db8:0:1::1/64", "192.0.2.1/24"])
+    node.ns.add_stub(["198.51.100.1/25", "2001:db8:0:1::1/64", "198.51.100.129/25"])
     # An unrelated table of the host's own must survive everything below.
     nft(node.ns, "add", "table", "inet", "host_fw")
     nft(node.ns, "add", "chain", "inet", "host_fw", "input", "{ type filter hook input priority 0 ; }")
@@ -88,7 +88,7 @@ def test_nftables_present_idempotent_predicted_and_cleaned(fw_node):
                      "ip6 saddr 2001:db8:0:1::/64 meta l4proto ah accept",
                      "ip6 daddr 2001:db8:0:1::/64 udp dport 500 accept"):
         assert expected in listing
-    assert "192.0.2." not in listing, "the control plane is not tunneled"
+    assert "198.51.100.128/25" not in listing, "the control plane is not tunneled"
 
     rc, states = node.apply()
     assert rc == 0 and states["ipsec-firewall-managed"]["changes"] == {}

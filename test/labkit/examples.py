@@ -11,7 +11,7 @@ import copy
 PSK = "demo-psk-4f8a1c0e9b7d2a6c5e3f1b8d7a9c0e2f"
 
 NETWORKS = {
-    "ctlplane": {"cidr": "192.0.2.0/24"},
+    "ctlplane": {"cidr": "198.51.100.128/25"},
     "internal_api": {"cidr": "198.51.100.0/25", "vip": "198.51.100.100"},
     "storage": {"cidr": "203.0.113.0/24", "vip": "203.0.113.100"},
     "tenant": {"cidr": "2001:db8:0:1::/64"},
@@ -19,19 +19,19 @@ NETWORKS = {
 
 THREE_NODES = {
     "controller-0": {
-        "ctlplane": "192.0.2.10",
+        "ctlplane": "198.51.100.130",
         "internal_api": "198.51.100.10",
         "storage": "203.0.113.10",
         "tenant": "2001:db8:0:1::10",
     },
     "controller-1": {
-        "ctlplane": "192.0.2.11",
+        "ctlplane": "198.51.100.131",
         "internal_api": "198.51.100.11",
         "storage": "203.0.113.11",
         "tenant": "2001:db8:0:1::11",
     },
     "compute-0": {
-        "ctlplane": "192.0.2.20",
+        "ctlplane": "198.51.100.140",
         "internal_api": "198.51.100.20",
         "tenant": "2001:db8:0:1::20",
     },

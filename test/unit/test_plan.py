@@ -177,7 +177,7 @@ def test_own_address_excludes_vips_held_by_this_node():
 
 
 def test_node_not_on_any_network_gets_no_connections():
-    plan = plan_for("outsider", ips=["192.0.2.99"])
+    plan = plan_for("outsider", ips=["2001:db8:ffff::1"])
     assert plan["connections"] == {} and plan["files"] == {}
 
 
@@ -259,7 +259,7 @@ INVALID = [
      "ipsec:nodes:compute-0:addresses:storage: node compute-0 is listed on storage but has no address there"),
     ("node address outside its network", lambda p: p["nodes"]["compute-0"]["addresses"].update(storage="198.51.100.30"),
      "ipsec:nodes:compute-0:addresses:storage: node compute-0 has no address on storage"),
-    ("node on unknown network", lambda p: p["nodes"]["compute-0"]["addresses"].update(mgmt="192.0.2.7"),
+    ("node on unknown network", lambda p: p["nodes"]["compute-0"]["addresses"].update(mgmt="198.51.100.7"),
      "ipsec:nodes:compute-0:addresses:mgmt: 'mgmt' is not a network"),
     ("inventory disagrees with grains", lambda p: p["nodes"]["controller-0"]["addresses"].update(internal_api="198.51.100.9"),
      "ipsec:nodes:controller-0:addresses:internal_api: 198.51.100.9 is not an address of this node"),
@@ -271,7 +271,7 @@ INVALID = [
     ("option value injection", lambda p: p.update(conn_options={"ikelifetime": "8h\n\tauto=ignore"}),
      "ipsec:conn_options:ikelifetime:"),
     ("option key injection", lambda p: p.update(conn_options={"auto=add\nconn x": "y"}), "ipsec:conn_options:"),
-    ("reserved option", lambda p: p.update(conn_options={"right": "192.0.2.1"}),
+    ("reserved option", lambda p: p.update(conn_options={"right": "198.51.100.1"}),
      "ipsec:conn_options:right: is set by the formula"),
     ("unknown keyword", lambda p: p.update(conn_options={"leftsubnet": "0.0.0.0/0"}),
      "ipsec:conn_options:leftsubnet: is not a keyword the formula can override (known: "),
@@ -283,7 +283,7 @@ INVALID = [
      "ipsec:conn_options:ike: proposals are set with ipsec:algorithm"),
     ("config setup value", lambda p: p.update(config_setup={"uniqueids": "maybe"}),
      "ipsec:config_setup:uniqueids: 'maybe' is not a valid value"),
-    ("bad network name", lambda p: p["networks"].update({"my net": {"cidr": "192.0.2.128/25"}}), "ipsec:networks:"),
+    ("bad network name", lambda p: p["networks"].update({"my net": {"cidr": "2001:db8:5::/64"}}), "ipsec:networks:"),
     ("bad prefix", lambda p: p.update(prefix="over cloud"), "ipsec:prefix:"),
     ("networks not a mapping", lambda p: p.update(networks=["a"]), "ipsec:networks: must be a mapping"),
     ("bad vip resource template", lambda p: p.update(pacemaker={"vip_resource": "ip-{addr}"}),
@@ -324,7 +324,7 @@ def test_node_addresses_for_the_mine():
     pillar = examples.pillar()
     ips = examples.own_ips("controller-0") + ["198.51.100.100", "10.0.0.1", "not-an-ip"]
     assert ipsec_plan.node_addresses(pillar, ips) == {
-        "ctlplane": "192.0.2.10",
+        "ctlplane": "198.51.100.130",
         "internal_api": "198.51.100.10",
         "storage": "203.0.113.10",
         "tenant": "2001:db8:0:1::10",
