@@ -15,7 +15,7 @@ test: deps
 	$(PY) -m pytest $(PYTEST_ARGS) test
 
 demo: deps
-	$(PY) tools/demo.py
+	KEEP=$(KEEP) $(PY) tools/demo.py
 
 bench: deps
 	$(PY) bench/plan_bench.py

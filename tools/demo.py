@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""make demo: the formula on the built-in 3-node example, with real plutos.
+"""make demo: the formula on the built-in 3-node example, driven by a real
+salt-master, with real plutos.
 
 Builds the lab (labkit.lab: one network namespace per node, a bridge per
-network), applies the `ipsec` states on every node with salt-call --local
-into the node's own root, starts an isolated pluto per node on what the
-formula wrote, and prints, per node, every planned connection and what
-pluto reports for it. Tears everything down at the end unless KEEP=1.
+network, a salt-master on the control-plane bridge, a salt-minion and an
+isolated pluto per node), then does what an operator does:
+``saltutil.sync_all``, ``mine.update``, ``state.apply ipsec`` (peers come
+from the mine), starts pluto on every node, and prints, per node, every
+planned connection and what pluto reports for it. Tears everything down at
+the end unless KEEP=1.
 
 This machine's kernel has no ESP, so Child SAs cannot be installed here;
 IKE SAs (authentication with the PSK) are what this demo can show.
 """
 
+import json
 import os
 import sys
 import time
@@ -33,21 +37,41 @@ def established_ike(status):
     return names
 
 
+def lab_pillar(lab):
+    common = {
+        "ipsec": examples.pillar(inventory=False),
+        "mine_functions": {"ipsec.addresses": []},
+    }
+    # The lab's nodes are namespaces: their firewall is theirs to change.
+    common["ipsec"]["firewall"] = {"manage": True}
+    lab.write_pillar(common, lambda node: {"ipsec": {"lookup": node.pluto.lookup()}})
+
+
+def step(lab, title, *command):
+    started = time.monotonic()
+    rc, data = lab.salt("*", *command)
+    print("salt '*' {:<28} rc={} ({:.1f}s)  {}".format(" ".join(command), rc, time.monotonic() - started, title))
+    if rc != 0:
+        raise SystemExit("{} failed: {}".format(" ".join(command), json.dumps(data, indent=1)[:3000]))
+    return data
+
+
 def main():
     keep = os.environ.get("KEEP") == "1"
     started = time.monotonic()
     lab = Lab()
     try:
-        print("lab: {} nodes, networks {}".format(len(lab.nodes), ", ".join(examples.NETWORKS)))
-        results = lab.apply(lambda node: examples.pillar(lookup=node.pluto.lookup()))
-        for node_id, states in results.items():
+        print("lab: {} nodes, networks {}; salt-master on the ctlplane bridge".format(
+            len(lab.nodes), ", ".join(examples.NETWORKS)))
+        lab_pillar(lab)
+        lab.start_salt()
+        step(lab, "the formula's modules to every minion", "saltutil.sync_all")
+        step(lab, "every node publishes its addresses", "mine.update")
+        applied = step(lab, "peers from the mine", "state.apply", "ipsec")
+        for node_id, states in sorted(applied.items()):
             changed = sum(1 for s in states.values() if s["changes"])
-            failed = [s["__id__"] for s in states.values() if s["result"] is False]
-            print("{:<13} state.apply ipsec: {} states, {} changed, {} failed".format(
-                node_id, len(states), changed, len(failed)))
-            if failed:
-                raise SystemExit("state failures on {}: {}".format(node_id, failed))
-        plans = {node_id: node.salt_call("ipsec.plan")[1] for node_id, node in lab.nodes.items()}
+            print("  {:<13} {} states, {} changed".format(node_id, len(states), changed))
+        plans = step(lab, "what each node planned", "ipsec.plan")
         lab.start_plutos()
 
         def expected_up():
@@ -78,8 +102,9 @@ def main():
             print("\nKEEP=1: lab left up in {}".format(lab.workdir))
             for node in lab.nodes.values():
                 print("  ip netns exec {} ipsec whack --rundir {} --status".format(node.ns.name, node.pluto.rundir))
-            print("tear down: pkill -f 'pluto --config {}' ; ip -all netns delete ; rm -rf {}".format(
-                lab.workdir, lab.workdir))
+            print("  ip netns exec {} salt -c {} '*' ipsec.plan".format(lab.switch.name, lab.master_dir))
+            print("tear down: pkill -f {0} ; for ns in {1}; do ip netns del $ns; done ; rm -rf {0}".format(
+                lab.workdir, " ".join([lab.switch.name] + [n.ns.name for n in lab.nodes.values()])))
         return 0 if all_up else 1
     finally:
         if not keep:

@@ -37,6 +37,7 @@ THREE_NODES = {
     },
 }
 CLUSTER_NODES = ["controller-0", "controller-1"]
+REDIS_VIP = "198.51.100.101"
 
 
 def pillar(nodes=THREE_NODES, lookup=None, inventory=True, **extra):
@@ -44,7 +45,7 @@ def pillar(nodes=THREE_NODES, lookup=None, inventory=True, **extra):
     data = {
         "psk": PSK,
         "networks": copy.deepcopy(NETWORKS),
-        "extra_vips": {"redis": {"network": "internal_api", "address": "198.51.100.101"}},
+        "extra_vips": {"redis": {"network": "internal_api", "address": REDIS_VIP}},
         "cluster": {"nodes": list(CLUSTER_NODES)},
     }
     if inventory:
