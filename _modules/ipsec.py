@@ -35,6 +35,15 @@ DEFAULT_LOOKUP = {
     "ctlsocket": "/run/pluto/pluto.ctl",
     "ipsec_bin": "/usr/sbin/ipsec",
     "algparse": "/usr/libexec/ipsec/algparse",
+    # VIP tunnel resources (_modules/ipsec_pacemaker.py, ipsec/pacemaker.sls):
+    # the agent is installed as <ocf_root>/resource.d/<provider>/<agent>;
+    # cib_file: a CIB file instead of the live cluster (tests).
+    "pacemaker": {
+        "ocf_root": "/usr/lib/ocf",
+        "provider": "ipsec-formula",
+        "agent": "vip-tunnel",
+        "cib_file": None,
+    },
 }
 OS_FAMILY_LOOKUP = {
     "RedHat": {"nss_dir": "/etc/ipsec.d"},

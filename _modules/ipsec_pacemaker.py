@@ -1,0 +1,246 @@
+"""
+Pacemaker resources of ipsec-formula's VIP tunnels, managed at the CIB level.
+
+One resource per VIP of the plan (``ipsec.plan``'s ``vips``), of the
+formula's agent ``ocf:ipsec-formula:vip-tunnel``, colocated (INFINITY) with
+the VIP's own resource and ordered after it on start and on stop (both
+non-symmetrical). Everything goes through ``cibadmin`` (and ``crm_diff``),
+so it works the same on pcs-based (RHEL) and crmsh-based (SUSE) clusters;
+Salt 3008 has no pcs module any more.
+
+The XML logic is pure and lives in ``_utils/ipsec_cib.py``; this module
+queries the CIB, decides whether this node is the one that changes it, and
+pushes the difference as one ``cibadmin --patch`` (atomic).
+
+A CIB file instead of the live cluster (tests, offline preparation):
+argument ``cib_file``, else lookup ``pacemaker:cib_file``, else the
+``CIB_file`` environment variable; the commands then run with
+``CIB_file=<path>`` like every pacemaker CLI tool understands.
+
+Sync before first use: ``salt '*' saltutil.sync_all``.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+
+import salt.utils.path
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "ipsec_pacemaker"
+
+CLI_PACKAGES = "pacemaker-cli-utils (Debian/Ubuntu) or pacemaker-cli (RHEL/SUSE)"
+
+
+def __virtual__():
+    # Always loadable: on nodes without pacemaker the functions say so (and
+    # the states do nothing on non-cluster nodes).
+    return __virtualname__
+
+
+def _conf():
+    conf = __pillar__.get("ipsec")
+    if not isinstance(conf, dict):
+        raise SaltInvocationError("ipsec: pillar key is missing or not a mapping")
+    return conf
+
+
+def _pacemaker_lookup():
+    paths = __salt__["ipsec.lookup"]()
+    pcmk = paths.get("pacemaker")
+    if not isinstance(pcmk, dict):
+        raise SaltInvocationError("ipsec:lookup:pacemaker: must be a mapping")
+    return paths, pcmk
+
+
+def _cib_file(cib_file=None):
+    if cib_file:
+        return str(cib_file)
+    configured = _pacemaker_lookup()[1].get("cib_file")
+    if configured:
+        return str(configured)
+    return os.environ.get("CIB_file") or None
+
+
+def _binary(name):
+    path = salt.utils.path.which(name)
+    if not path:
+        raise CommandExecutionError("{} not found: install {}".format(name, CLI_PACKAGES))
+    return path
+
+
+def _run(cmd, what, cib_file=None, ok=(0,), stdin=None):
+    env = {"CIB_file": cib_file} if cib_file else None
+    # The CIB may hold other resources' secrets (fence device passwords):
+    # its text is never logged.
+    result = __salt__["cmd.run_all"](
+        cmd, python_shell=False, env=env, stdin=stdin, ignore_retcode=True, output_loglevel="quiet",
+    )
+    if result["retcode"] not in ok:
+        message = (result.get("stderr") or result.get("stdout") or "").strip().splitlines()
+        raise CommandExecutionError("{} failed (exit {}): {}".format(
+            what, result["retcode"], " / ".join(message[-3:]) or "no output"))
+    return result
+
+
+def _query(cib_file):
+    if cib_file and not os.path.isfile(cib_file):
+        raise CommandExecutionError("CIB file {} does not exist".format(cib_file))
+    text = _run([_binary("cibadmin"), "--query"], "cibadmin --query", cib_file)["stdout"]
+    return __utils__["ipsec_cib.parse"](text)
+
+
+def _push(old_root, new_root, cib_file):
+    """Apply the difference old -> new as one patch (one CIB transaction)."""
+    serialize = __utils__["ipsec_cib.serialize"]
+    workdir = tempfile.mkdtemp(prefix="ipsec-cib-")
+    try:
+        original = os.path.join(workdir, "original.xml")
+        wanted = os.path.join(workdir, "new.xml")
+        for path, root in ((original, old_root), (wanted, new_root)):
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(serialize(root))
+        # Both documents come from the same parse, so the patch holds only
+        # the formula's changes. --no-version: no epoch check, the patch's
+        # paths name the objects by id (pcs pushes its changes the same way).
+        diff = _run([_binary("crm_diff"), "--original", original, "--new", wanted, "--no-version"],
+                    "crm_diff", ok=(0, 1))
+        if diff["retcode"] == 0:
+            return
+        _run([_binary("cibadmin"), "--patch", "--xml-pipe"], "cibadmin --patch", cib_file, stdin=diff["stdout"])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def options():
+    """
+    The ``ipsec:pacemaker`` settings with their defaults, plus the agent name
+    (``ocf:<provider>:<agent>`` from lookup ``pacemaker``) and the CIB file in
+    use (``None``: the live cluster).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_pacemaker.options
+    """
+    opts = __utils__["ipsec_cib.options"](_conf())
+    _, pcmk = _pacemaker_lookup()
+    opts["agent"] = __utils__["ipsec_cib.agent_name"](pcmk["provider"], pcmk["agent"])
+    opts["cib_file"] = _cib_file()
+    return opts
+
+
+def desired():
+    """
+    The CIB objects this node's plan asks for, per VIP: the tunnel primitive
+    (agent, parameters, monitor op), the colocation with the VIP resource and
+    the two order constraints. Empty on non-cluster nodes.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_pacemaker.desired
+    """
+    plan = __salt__["ipsec.plan"]()
+    if not plan["cluster_node"]:
+        return {}
+    return _desired(plan)
+
+
+def _desired(plan):
+    opts = __utils__["ipsec_cib.options"](_conf())
+    paths, pcmk = _pacemaker_lookup()
+    return __utils__["ipsec_cib.desired"](
+        plan["vips"], pcmk["provider"], pcmk["agent"],
+        extra_params=__utils__["ipsec_cib.agent_params"](paths),
+        monitor_interval=opts["monitor_interval"],
+    )
+
+
+def _applier(root, cib_file, opts):
+    dc = local = None
+    if not opts["apply_from"] and not cib_file:
+        dc = __utils__["ipsec_cib.dc_name"](root)
+        if dc:
+            local = _run([_binary("crm_node"), "-n"], "crm_node -n")["stdout"].strip()
+    return __utils__["ipsec_cib.decide_applier"](__opts__["id"], opts["apply_from"], cib_file, dc, local)
+
+
+def show(cib_file=None):
+    """
+    The formula's objects in the CIB now (its primitives and every
+    constraint naming them), and which node changes the CIB.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_pacemaker.show
+        salt-call ipsec_pacemaker.show cib_file=/tmp/cib.xml
+    """
+    cib_file = _cib_file(cib_file)
+    opts = options()
+    root = _query(cib_file)
+    applies, reason = _applier(root, cib_file, opts)
+    return {
+        "applier": {"this_node": applies, "reason": reason},
+        "objects": __utils__["ipsec_cib.owned"](root, opts["resource_prefix"], opts["agent"]),
+    }
+
+
+def reconcile(remove=False, test=False, cib_file=None):
+    """
+    Make the CIB hold exactly the VIP tunnel resources of the plan: create
+    what is missing, correct what differs (agent, parameters, monitor op,
+    constraint attributes), remove the formula's resources whose VIP left
+    the plan (with every constraint naming them). ``remove=True`` removes
+    all of the formula's resources (clean).
+
+    Nothing happens on non-cluster nodes, nor on cluster nodes other than
+    the one that applies (pillar ``ipsec:pacemaker:apply_from``, else the
+    DC; with a CIB file, this node). ``test=True`` only reports.
+
+    Returns ``{"skipped": reason or None, "applier": reason, "changes":
+    {object id: {"old", "new"}}, "errors": [...]}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_pacemaker.reconcile test=True
+        salt-call ipsec_pacemaker.reconcile cib_file=/tmp/cib.xml
+    """
+    outcome = {"skipped": None, "applier": None, "changes": {}, "errors": []}
+    plan = __salt__["ipsec.plan"]()
+    if not plan["cluster_node"]:
+        outcome["skipped"] = "not a cluster node (ipsec:cluster): no pacemaker resources managed here"
+        return outcome
+    opts = options()
+    wanted = {} if remove else _desired(plan)
+    cib_file = _cib_file(cib_file)
+    root = _query(cib_file)
+    applies, reason = _applier(root, cib_file, opts)
+    outcome["applier"] = reason
+    if applies is None:
+        outcome["errors"].append(reason)
+        return outcome
+    if not applies:
+        outcome["skipped"] = reason
+        return outcome
+
+    new, changes, errors = __utils__["ipsec_cib.reconcile"](root, wanted, opts["resource_prefix"], opts["agent"])
+    outcome["changes"] = changes
+    outcome["errors"] = errors
+    if not changes or test:
+        return outcome
+    _push(root, new, cib_file)
+    _, left, _ = __utils__["ipsec_cib.reconcile"](_query(cib_file), wanted, opts["resource_prefix"], opts["agent"])
+    if left:
+        raise CommandExecutionError("the CIB did not take the change of {}".format(", ".join(sorted(left))))
+    log.info("ipsec_pacemaker: changed %s", ", ".join(changes))
+    return outcome

@@ -1,0 +1,406 @@
+"""
+Pacemaker CIB objects of ipsec-formula's VIP tunnels: pure XML logic, no I/O.
+
+For every VIP of the plan (``plan["vips"]``) the formula owns four CIB
+objects, all with ids derived from the tunnel resource's id ``R`` only (so a
+changed VIP resource name modifies them instead of leaving old ones behind):
+
+- ``<primitive id=R class=ocf provider=<provider> type=<agent>>`` with the
+  instance attributes ``tunnel``, ``vip``, ``fallbacktunnel`` (plus
+  ``ctlsocket``/``ipsec_conf``/``ipsec_bin`` when they differ from the
+  agent's defaults) and one monitor op;
+- ``<rsc_colocation id=R-with-vip rsc=R with-rsc=V score=INFINITY>``;
+- ``<rsc_order id=R-start-after-vip first=V first-action=start then=R
+  then-action=start kind=Mandatory symmetrical=false>``;
+- ``<rsc_order id=R-stop-after-vip first=V first-action=stop then=R
+  then-action=stop kind=Mandatory symmetrical=false>``.
+
+Ownership: a top-level primitive whose id starts with ``<resource_prefix>-``
+and whose agent is the formula's. Owned primitives no longer in the plan are
+removed together with every constraint that references them (the CIB schema
+rejects constraints naming a missing resource). Within an owned primitive
+the formula owns the agent, the instance attributes and the monitor op;
+meta attributes (``target-role`` set by ``pcs resource disable``,
+``is-managed``...) and other ops are the operator's and are left alone.
+
+``reconcile`` works on a parsed copy of the CIB and returns the new document
+plus a report; the execution module turns the difference into one
+``crm_diff`` patch applied by ``cibadmin --patch`` (one atomic CIB update).
+"""
+
+import copy
+import re
+import xml.etree.ElementTree as ET
+
+from salt.exceptions import SaltInvocationError
+
+# Same value as ipsec_plan.DEFAULT_RESOURCE_PREFIX (a unit test checks it).
+DEFAULT_RESOURCE_PREFIX = "tripleo-ipsec"
+DEFAULT_MONITOR_INTERVAL = "10s"
+MONITOR_TIMEOUT = "20s"
+AGENT_CLASS = "ocf"
+# The agent's own parameter defaults (ipsec/files/ocf/vip-tunnel), equal to
+# the lookup defaults: parameters are only written when the lookup differs.
+AGENT_DEFAULTS = {
+    "ctlsocket": "/run/pluto/pluto.ctl",
+    "ipsec_conf": "/etc/ipsec.conf",
+    "ipsec_bin": "/usr/sbin/ipsec",
+}
+# lookup key -> agent parameter
+LOOKUP_PARAMS = (("ctlsocket", "ctlsocket"), ("config_file", "ipsec_conf"), ("ipsec_bin", "ipsec_bin"))
+INTERVAL_RE = re.compile(r"^[0-9]{1,9}(ms|msec|us|usec|s|sec|m|min|h|hr)?$")
+REFERENCE_ATTRIBUTES = ("rsc", "with-rsc", "first", "then")
+RESOURCE_TAGS = ("primitive", "group", "clone", "master", "bundle")
+
+
+def interval(value, key="pacemaker:monitor_interval"):
+    """A pacemaker interval string from pillar (int seconds or '10s', '1min')."""
+    if isinstance(value, bool):
+        raise SaltInvocationError("ipsec:{}: {!r} is not an interval".format(key, value))
+    if isinstance(value, int):
+        value = "{}s".format(value)
+    if not isinstance(value, str) or not INTERVAL_RE.match(value) or not int(re.match(r"\d+", value).group()):
+        raise SaltInvocationError(
+            "ipsec:{}: {!r} is not a pacemaker interval (e.g. 10s, 1min, 30)".format(key, value))
+    return value
+
+
+def options(conf):
+    """The ``ipsec:pacemaker`` settings this module uses, with defaults."""
+    pacemaker = (conf or {}).get("pacemaker") or {}
+    apply_from = pacemaker.get("apply_from")
+    return {
+        "manage": bool(pacemaker.get("manage", False)),
+        "resource_prefix": pacemaker.get("resource_prefix", DEFAULT_RESOURCE_PREFIX),
+        "apply_from": str(apply_from) if apply_from not in (None, "") else None,
+        "monitor_interval": interval(pacemaker.get("monitor_interval", DEFAULT_MONITOR_INTERVAL)),
+    }
+
+
+def agent_name(provider, agent):
+    return "{}:{}:{}".format(AGENT_CLASS, provider, agent)
+
+
+def agent_params(lookup):
+    """Agent parameters that follow from the lookup (non-defaults only)."""
+    params = {}
+    for key, param in LOOKUP_PARAMS:
+        value = lookup.get(key)
+        if value and value != AGENT_DEFAULTS[param]:
+            params[param] = str(value)
+    return params
+
+
+def constraint_ids(resource):
+    return {
+        "colocation": resource + "-with-vip",
+        "start": resource + "-start-after-vip",
+        "stop": resource + "-stop-after-vip",
+    }
+
+
+def desired(vips, provider, agent, extra_params=None, monitor_interval=DEFAULT_MONITOR_INTERVAL):
+    """The objects the plan's VIPs need, as JSON-able summaries.
+
+    Returns {vip name: {"vip_resource": V, "objects": {id: summary}}}, in
+    plan order (sorted VIP names).
+    """
+    wanted = {}
+    for name in sorted(vips):
+        vip = vips[name]
+        resource, vip_resource = vip["resource"], vip["vip_resource"]
+        params = {"tunnel": vip["tunnel"], "vip": vip["address"]}
+        if vip.get("fallback_tunnel"):
+            params["fallbacktunnel"] = vip["fallback_tunnel"]
+        params.update(extra_params or {})
+        ids = constraint_ids(resource)
+        objects = {
+            resource: {
+                "type": "primitive",
+                "agent": agent_name(provider, agent),
+                "params": dict(sorted(params.items())),
+                "monitor": {"interval": monitor_interval, "timeout": MONITOR_TIMEOUT},
+            },
+            ids["colocation"]: {
+                "type": "rsc_colocation", "rsc": resource, "with-rsc": vip_resource, "score": "INFINITY",
+            },
+        }
+        for action in ("start", "stop"):
+            objects[ids[action]] = {
+                "type": "rsc_order",
+                "first": vip_resource, "first-action": action,
+                "then": resource, "then-action": action,
+                "kind": "Mandatory", "symmetrical": "false",
+            }
+        wanted[name] = {"resource": resource, "vip_resource": vip_resource, "objects": objects}
+    return wanted
+
+
+# --- XML ------------------------------------------------------------------
+
+def parse(text):
+    """The CIB document (an Element). Comments and PIs are kept."""
+    parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
+    try:
+        return ET.fromstring(text, parser=parser)
+    except ET.ParseError as exc:
+        raise SaltInvocationError("the CIB is not valid XML: {}".format(exc))
+
+
+def serialize(root):
+    return ET.tostring(root, encoding="unicode")
+
+
+def _section(root, name):
+    configuration = root.find("configuration")
+    if configuration is None:
+        raise SaltInvocationError("the CIB has no configuration section")
+    section = configuration.find(name)
+    if section is None:
+        section = ET.SubElement(configuration, name)
+    return section
+
+
+def element(object_id, summary):
+    """The XML element of a desired object summary."""
+    kind = summary["type"]
+    if kind == "primitive":
+        cls, provider, agent = summary["agent"].split(":", 2)
+        prim = ET.Element("primitive", {"id": object_id, "class": cls, "provider": provider, "type": agent})
+        prim.append(_instance_attributes(object_id, summary["params"]))
+        ops = ET.SubElement(prim, "operations")
+        ops.append(_monitor_op(object_id, summary["monitor"]))
+        return prim
+    attrs = {"id": object_id}
+    attrs.update((k, v) for k, v in summary.items() if k != "type")
+    return ET.Element(kind, attrs)
+
+
+def _instance_attributes(resource, params):
+    set_id = resource + "-instance_attributes"
+    block = ET.Element("instance_attributes", {"id": set_id})
+    for name, value in sorted(params.items()):
+        ET.SubElement(block, "nvpair", {"id": "{}-{}".format(set_id, name), "name": name, "value": value})
+    return block
+
+
+def _monitor_op(resource, monitor):
+    return ET.Element("op", {
+        "id": resource + "-monitor", "name": "monitor",
+        "interval": monitor["interval"], "timeout": monitor["timeout"],
+    })
+
+
+def summary(elem):
+    """The formula's view of an existing CIB element (same shape as desired)."""
+    if elem.tag == "primitive":
+        params = {}
+        for block in elem.findall("instance_attributes"):
+            for pair in block.findall("nvpair"):
+                params[pair.get("name")] = pair.get("value")
+        monitors = [
+            {"interval": op.get("interval"), "timeout": op.get("timeout")}
+            for op in elem.findall("operations/op") if op.get("name") == "monitor"
+        ]
+        return {
+            "type": "primitive",
+            "agent": "{}:{}:{}".format(elem.get("class"), elem.get("provider"), elem.get("type")),
+            "params": dict(sorted(params.items())),
+            "monitor": monitors[0] if len(monitors) == 1 else (monitors or None),
+        }
+    found = {"type": elem.tag}
+    found.update((k, v) for k, v in elem.attrib.items() if k != "id")
+    children = [child for child in elem if isinstance(child.tag, str)]
+    if children:
+        found["children"] = [ET.tostring(child, encoding="unicode").strip() for child in children]
+    return found
+
+
+def _ids(root):
+    """id -> element of the configuration's definitions. The status section
+    repeats ids (lrm_resource id=<resource>, node_state id=<node id>) and
+    resource_ref only names one: neither defines an object."""
+    configuration = root.find("configuration")
+    return {
+        elem.get("id"): elem for elem in (configuration.iter() if configuration is not None else ())
+        if isinstance(elem.tag, str) and elem.get("id") and elem.tag != "resource_ref"
+    }
+
+
+def _parents(root):
+    return {child: parent for parent in root.iter() for child in parent}
+
+
+def references(elem, resource):
+    """Does constraint ``elem`` name ``resource`` (attributes or resource sets)?"""
+    if any(elem.get(attr) == resource for attr in REFERENCE_ATTRIBUTES):
+        return True
+    return any(ref.get("id") == resource for ref in elem.iter("resource_ref"))
+
+
+def owned_resources(root, prefix, agent):
+    """Ids of the top-level primitives the formula owns."""
+    resources = _section(root, "resources")
+    return [
+        prim.get("id") for prim in resources.findall("primitive")
+        if (prim.get("id") or "").startswith(prefix + "-") and summary(prim)["agent"] == agent
+    ]
+
+
+def _update_primitive(prim, want):
+    cls, provider, agent = want["agent"].split(":", 2)
+    prim.set("class", cls)
+    prim.set("provider", provider)
+    prim.set("type", agent)
+    resource = prim.get("id")
+    blocks = prim.findall("instance_attributes")
+    if summary(prim)["params"] != want["params"] or len(blocks) != 1:
+        position = list(prim).index(blocks[0]) if blocks else 0
+        for block in blocks:
+            prim.remove(block)
+        fresh = _instance_attributes(resource, want["params"])
+        if blocks and blocks[0].get("id"):
+            # Keep the set's id: only the nvpairs change in the patch.
+            fresh.set("id", blocks[0].get("id"))
+            for pair in fresh:
+                pair.set("id", "{}-{}".format(blocks[0].get("id"), pair.get("name")))
+        prim.insert(position, fresh)
+    ops = prim.find("operations")
+    if ops is None:
+        ops = ET.SubElement(prim, "operations")
+    monitors = [op for op in ops.findall("op") if op.get("name") == "monitor"]
+    current = [{"interval": op.get("interval"), "timeout": op.get("timeout")} for op in monitors]
+    if current != [want["monitor"]]:
+        position = list(ops).index(monitors[0]) if monitors else len(ops)
+        for op in monitors:
+            ops.remove(op)
+        op = _monitor_op(resource, want["monitor"])
+        if any(other.get("id") == op.get("id") for other in ops):
+            op.set("id", op.get("id") + "-" + want["monitor"]["interval"])
+        ops.insert(position, op)
+
+
+def reconcile(root, wanted, prefix, agent):
+    """Bring a copy of the CIB ``root`` to the ``wanted`` objects.
+
+    wanted: the result of ``desired`` (empty: remove everything owned).
+    prefix, agent: ownership key (resource prefix, 'ocf:provider:type').
+
+    Returns (new_root, changes, errors): changes is {object id: {"old":
+    summary or None, "new": summary or None}}; errors are messages about
+    VIPs left alone (their objects are not touched).
+    """
+    new = copy.deepcopy(root)
+    resources = _section(new, "resources")
+    constraints = _section(new, "constraints")
+    ids = _ids(new)
+    parents = _parents(new)
+    changes, errors = {}, []
+    keep = set()
+
+    for name, group in wanted.items():
+        resource, vip_resource = group["resource"], group["vip_resource"]
+        keep.add(resource)
+        vip_elem = ids.get(vip_resource)
+        if vip_elem is None or vip_elem.tag not in RESOURCE_TAGS:
+            errors.append("VIP {}: its resource {} is not in the CIB; {} not created (create the VIP "
+                          "resource first or set ipsec:pacemaker:vip_resource)".format(name, vip_resource, resource))
+            continue
+        clash = _clash(group["objects"], ids, parents, resources, constraints)
+        if clash:
+            errors.append("VIP {}: {}; left alone".format(name, clash))
+            continue
+        for object_id, want in group["objects"].items():
+            current = ids.get(object_id)
+            old = summary(current) if current is not None else None
+            if old == want:
+                continue
+            if current is None:
+                section = resources if want["type"] == "primitive" else constraints
+                section.append(element(object_id, want))
+            elif want["type"] == "primitive":
+                _update_primitive(current, want)
+            else:
+                section = constraints
+                position = list(section).index(current)
+                section.remove(current)
+                section.insert(position, element(object_id, want))
+            changes[object_id] = {"old": old, "new": want}
+
+    for resource in owned_resources(new, prefix, agent):
+        if resource in keep:
+            continue
+        prim = _ids(new)[resource]
+        for constraint in list(constraints):
+            if isinstance(constraint.tag, str) and references(constraint, resource):
+                changes[constraint.get("id")] = {"old": summary(constraint), "new": None}
+                constraints.remove(constraint)
+        changes[resource] = {"old": summary(prim), "new": None}
+        resources.remove(prim)
+    return new, changes, errors
+
+
+def _clash(objects, ids, parents, resources, constraints):
+    """Why the formula cannot own these ids, or None."""
+    for object_id, want in objects.items():
+        current = ids.get(object_id)
+        if current is None:
+            continue
+        if current.tag != want["type"]:
+            return "id {} is already used by a <{}>".format(object_id, current.tag)
+        expected_parent = resources if want["type"] == "primitive" else constraints
+        if parents.get(current) is not expected_parent:
+            return "{} exists inside <{} id={}>, not managed by the formula".format(
+                object_id, parents[current].tag, parents[current].get("id"))
+    return None
+
+
+def owned(root, prefix, agent):
+    """{id: summary} of the formula's objects in the CIB (for show)."""
+    found = {}
+    ids = _ids(root)
+    constraints = _section(root, "constraints")
+    for resource in owned_resources(root, prefix, agent):
+        found[resource] = summary(ids[resource])
+        for constraint in constraints:
+            if isinstance(constraint.tag, str) and references(constraint, resource):
+                found[constraint.get("id")] = summary(constraint)
+    return found
+
+
+# --- who applies ----------------------------------------------------------
+
+def dc_name(root):
+    """uname of the node the CIB names as DC (``dc-uuid``), or None."""
+    dc_uuid = root.get("dc-uuid")
+    if not dc_uuid:
+        return None
+    for node in root.iter("node"):
+        if node.get("id") == dc_uuid and node.get("uname"):
+            return node.get("uname")
+    return None
+
+
+def decide_applier(minion_id, apply_from, cib_file, dc=None, local_name=None):
+    """(apply, reason): exactly one node per cluster changes the CIB.
+
+    - pillar ``apply_from`` set: the minion with that id, always;
+    - else with a CIB file (tests, offline preparation): this node;
+    - else the node that is the cluster's DC (``dc-uuid`` of the live CIB
+      compared with ``crm_node -n``).
+
+    apply is True, False (another node applies) or None (cannot tell: no
+    DC elected and no apply_from; the caller reports a failure).
+    """
+    if apply_from:
+        if str(minion_id) == apply_from:
+            return True, "this minion is ipsec:pacemaker:apply_from"
+        return False, "the CIB is changed from {} (ipsec:pacemaker:apply_from)".format(apply_from)
+    if cib_file:
+        return True, "CIB file {}: no DC to defer to".format(cib_file)
+    if not dc:
+        return None, ("the cluster has no DC: nothing changed (is the cluster up and quorate? "
+                      "ipsec:pacemaker:apply_from names the node that changes the CIB)")
+    if local_name == dc:
+        return True, "this node ({}) is the DC".format(local_name)
+    return False, "the CIB is changed from the DC ({}); this node is {}".format(dc, local_name)

@@ -1,0 +1,36 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+# Pacemaker resources of the VIP tunnels (included by init.sls when pillar
+# ipsec:pacemaker:manage is true). Every cluster node gets the OCF agent
+# ocf:ipsec-formula:vip-tunnel; one node per cluster (pillar
+# ipsec:pacemaker:apply_from, else the DC) changes the CIB: per VIP a
+# resource colocated with the VIP's own resource and ordered after it.
+# Non-cluster nodes: nothing.
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import lookup with context %}
+{%- set pcmk = lookup.pacemaker %}
+{%- set plan = salt['ipsec.plan']() %}
+
+include:
+  - {{ tplroot }}.service
+
+{%- if plan.cluster_node %}
+
+ipsec-pacemaker-agent-installed:
+  file.managed:
+    - name: {{ pcmk.ocf_root }}/resource.d/{{ pcmk.provider }}/{{ pcmk.agent }}
+    - source: salt://{{ tplroot }}/files/ocf/vip-tunnel
+    - mode: '0755'
+    - makedirs: true
+{%- endif %}
+
+{#- After the tunnel files and pluto: the agent's start loads the server
+    conn from the files the config states wrote. #}
+ipsec-pacemaker-vip-resources-managed:
+  ipsec_pacemaker.vip_resources_managed:
+    - require:
+      - ipsec-tunnel-files-managed
+      - ipsec-service-running
+{%- if plan.cluster_node %}
+      - ipsec-pacemaker-agent-installed
+{%- endif %}

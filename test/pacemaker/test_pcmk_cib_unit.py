@@ -1,0 +1,329 @@
+"""Unit tests of the pure CIB logic (_utils/ipsec_cib.py): desired objects,
+reconcile (create, idempotence, drift, renames, stale removal, ownership,
+clashes, the operator's settings kept), who applies, pillar validation, and
+the lookup defaults kept equal between defaults.yaml and the module."""
+
+import copy
+import importlib.util
+import os
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+from salt.exceptions import SaltInvocationError
+
+import ipsec_cib
+import ipsec_plan
+from labkit import examples
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+AGENT = "ocf:ipsec-formula:vip-tunnel"
+PREFIX = "tripleo-ipsec"
+
+EMPTY = """<cib crm_feature_set="3.16.1" validate-with="pacemaker-3.9" epoch="1" num_updates="0" admin_epoch="0">
+  <configuration>
+    <crm_config/>
+    <nodes>
+      <node id="1" uname="n1"/><node id="2" uname="n2"/><node id="3" uname="n3"/>
+    </nodes>
+    <resources>
+      <!-- an operator's comment, kept -->
+      <primitive id="ip-198.51.100.100" class="ocf" provider="heartbeat" type="IPaddr2"/>
+      <primitive id="ip-203.0.113.100" class="ocf" provider="heartbeat" type="IPaddr2"/>
+      <primitive id="ip-198.51.100.101" class="ocf" provider="heartbeat" type="IPaddr2"/>
+    </resources>
+    <constraints/>
+  </configuration>
+  <status/>
+</cib>"""
+
+
+def vips(node="controller-0", **pacemaker):
+    pillar = examples.pillar(pacemaker=pacemaker) if pacemaker else examples.pillar()
+    plan = ipsec_plan.build_plan(pillar, node, examples.own_ips(node), cluster_node=True)
+    return plan["vips"]
+
+
+def wanted(extra=None, interval="10s", **pacemaker):
+    return ipsec_cib.desired(vips(**pacemaker), "ipsec-formula", "vip-tunnel", extra, interval)
+
+
+def applied(text=EMPTY, want=None):
+    root = ipsec_cib.parse(text)
+    new, changes, errors = ipsec_cib.reconcile(root, wanted() if want is None else want, PREFIX, AGENT)
+    assert errors == []
+    return new, changes
+
+
+def find(root, object_id):
+    for elem in root.iter():
+        if elem.get("id") == object_id:
+            return elem
+    return None
+
+
+def test_desired_objects_per_vip_follow_tripleo_names():
+    want = wanted()
+    assert list(want) == ["internal_api", "redis", "storage"]
+    redis = want["redis"]
+    assert redis["resource"] == "tripleo-ipsec-redis" and redis["vip_resource"] == "ip-198.51.100.101"
+    assert redis["objects"]["tripleo-ipsec-redis"] == {
+        "type": "primitive",
+        "agent": AGENT,
+        "params": {"fallbacktunnel": "overcloud-redis-node-to-vip-tunnel", "tunnel": "overcloud-redis-vip-tunnel",
+                   "vip": "198.51.100.101"},
+        "monitor": {"interval": "10s", "timeout": "20s"},
+    }
+    assert redis["objects"]["tripleo-ipsec-redis-with-vip"] == {
+        "type": "rsc_colocation", "rsc": "tripleo-ipsec-redis", "with-rsc": "ip-198.51.100.101", "score": "INFINITY"}
+    for action in ("start", "stop"):
+        assert redis["objects"]["tripleo-ipsec-redis-{}-after-vip".format(action)] == {
+            "type": "rsc_order", "first": "ip-198.51.100.101", "first-action": action,
+            "then": "tripleo-ipsec-redis", "then-action": action, "kind": "Mandatory", "symmetrical": "false"}
+
+
+def test_agent_params_only_for_lookup_values_that_differ_from_the_agent_defaults():
+    defaults = {"ctlsocket": "/run/pluto/pluto.ctl", "config_file": "/etc/ipsec.conf", "ipsec_bin": "/usr/sbin/ipsec"}
+    assert ipsec_cib.agent_params(defaults) == {}
+    changed = dict(defaults, ctlsocket="/tmp/x/pluto.ctl", config_file="/srv/ipsec.conf")
+    assert ipsec_cib.agent_params(changed) == {"ctlsocket": "/tmp/x/pluto.ctl", "ipsec_conf": "/srv/ipsec.conf"}
+
+
+def test_agent_defaults_equal_the_agent_script_and_the_lookup():
+    with open(os.path.join(REPO, "ipsec", "files", "ocf", "vip-tunnel")) as handle:
+        script = handle.read()
+    for param, value in ipsec_cib.AGENT_DEFAULTS.items():
+        assert 'OCF_RESKEY_{}_default="{}"'.format(param, value) in script
+    lookup = load_default_lookup()
+    for key, param in ipsec_cib.LOOKUP_PARAMS:
+        assert lookup[key] == ipsec_cib.AGENT_DEFAULTS[param]
+    assert ipsec_cib.DEFAULT_RESOURCE_PREFIX == ipsec_plan.DEFAULT_RESOURCE_PREFIX
+
+
+def load_default_lookup():
+    spec = importlib.util.spec_from_file_location("ipsec_module_for_test", os.path.join(REPO, "_modules", "ipsec.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.DEFAULT_LOOKUP
+
+
+def test_lookup_defaults_equal_in_defaults_yaml_and_the_module():
+    with open(os.path.join(REPO, "ipsec", "defaults.yaml")) as handle:
+        from_yaml = yaml.safe_load(handle)["ipsec"]["lookup"]
+    assert from_yaml == load_default_lookup()
+    assert from_yaml["pacemaker"] == {
+        "ocf_root": "/usr/lib/ocf", "provider": "ipsec-formula", "agent": "vip-tunnel", "cib_file": None}
+
+
+def test_reconcile_creates_everything_then_nothing():
+    new, changes = applied()
+    assert len(changes) == 12 and all(c["old"] is None for c in changes.values())
+    prim = find(new, "tripleo-ipsec-storage")
+    assert prim.attrib == {"id": "tripleo-ipsec-storage", "class": "ocf", "provider": "ipsec-formula",
+                           "type": "vip-tunnel"}
+    pairs = {p.get("id"): (p.get("name"), p.get("value")) for p in prim.iter("nvpair")}
+    assert pairs["tripleo-ipsec-storage-instance_attributes-vip"] == ("vip", "203.0.113.100")
+    assert [op.attrib for op in prim.iter("op")] == [
+        {"id": "tripleo-ipsec-storage-monitor", "name": "monitor", "interval": "10s", "timeout": "20s"}]
+    # Constraints go to <constraints>, primitives to <resources>.
+    assert [c.get("id") for c in new.find("configuration/constraints")][:3] == [
+        "tripleo-ipsec-internal_api-with-vip", "tripleo-ipsec-internal_api-start-after-vip",
+        "tripleo-ipsec-internal_api-stop-after-vip"]
+    again, changes = applied(ipsec_cib.serialize(new))
+    assert changes == {}
+    assert ipsec_cib.serialize(again) == ipsec_cib.serialize(new)
+    assert "an operator's comment, kept" in ipsec_cib.serialize(again)
+
+
+def test_reconcile_corrects_drift_and_keeps_the_operators_settings():
+    new, _ = applied()
+    prim = find(new, "tripleo-ipsec-redis")
+    for pair in prim.iter("nvpair"):
+        if pair.get("name") == "vip":
+            pair.set("value", "198.51.100.99")
+    ET.SubElement(prim.find("instance_attributes"), "nvpair",
+                  {"id": "x-extra", "name": "extra", "value": "1"})
+    meta = ET.SubElement(prim, "meta_attributes", {"id": "tripleo-ipsec-redis-meta_attributes"})
+    ET.SubElement(meta, "nvpair", {"id": "tripleo-ipsec-redis-meta-target-role", "name": "target-role",
+                                   "value": "Stopped"})
+    ET.SubElement(prim.find("operations"), "op", {"id": "redis-start", "name": "start", "interval": "0",
+                                                  "timeout": "60s"})
+    find(new, "tripleo-ipsec-redis-with-vip").set("score", "100")
+    constraints = new.find("configuration/constraints")
+    constraints.remove(find(new, "tripleo-ipsec-storage-stop-after-vip"))
+
+    fixed, changes = applied(ipsec_cib.serialize(new), wanted(interval="30s"))
+    assert set(changes) == {
+        "tripleo-ipsec-internal_api", "tripleo-ipsec-redis", "tripleo-ipsec-storage",
+        "tripleo-ipsec-redis-with-vip", "tripleo-ipsec-storage-stop-after-vip",
+    }
+    redis = changes["tripleo-ipsec-redis"]
+    assert redis["old"]["params"]["vip"] == "198.51.100.99" and "extra" in redis["old"]["params"]
+    assert redis["new"]["params"] == {"fallbacktunnel": "overcloud-redis-node-to-vip-tunnel",
+                                      "tunnel": "overcloud-redis-vip-tunnel", "vip": "198.51.100.101"}
+    assert changes["tripleo-ipsec-storage-stop-after-vip"]["old"] is None
+    assert changes["tripleo-ipsec-redis-with-vip"]["old"]["score"] == "100"
+    prim = find(fixed, "tripleo-ipsec-redis")
+    assert find(prim, "tripleo-ipsec-redis-meta-target-role").get("value") == "Stopped"
+    assert [(op.get("name"), op.get("interval")) for op in prim.iter("op")] == [("monitor", "30s"), ("start", "0")]
+    assert applied(ipsec_cib.serialize(fixed), wanted(interval="30s"))[1] == {}
+
+
+def test_vip_resource_rename_modifies_the_constraints_in_place():
+    new, _ = applied()
+    root = ipsec_cib.parse(ipsec_cib.serialize(new))
+    resources = root.find("configuration/resources")
+    for name in ("internal_api", "storage", "redis"):
+        ET.SubElement(resources, "primitive", {"id": "vip-" + name, "class": "ocf", "provider": "heartbeat",
+                                               "type": "IPaddr2"})
+    renamed, changes = applied(ipsec_cib.serialize(root), wanted(vip_resource="vip-{name}"))
+    assert len(changes) == 9 and not any(oid in changes for oid in ("tripleo-ipsec-redis", "tripleo-ipsec-storage"))
+    assert find(renamed, "tripleo-ipsec-storage-with-vip").get("with-rsc") == "vip-storage"
+    assert find(renamed, "tripleo-ipsec-storage-start-after-vip").get("first") == "vip-storage"
+
+
+def test_stale_resource_removed_with_every_constraint_naming_it():
+    new, _ = applied()
+    constraints = new.find("configuration/constraints")
+    ET.SubElement(constraints, "rsc_location", {"id": "cli-ban-redis", "rsc": "tripleo-ipsec-redis", "node": "n1",
+                                                "score": "-INFINITY"})
+    ordered = ET.SubElement(constraints, "rsc_order", {"id": "set-order"})
+    rset = ET.SubElement(ordered, "resource_set", {"id": "set-order-0"})
+    ET.SubElement(rset, "resource_ref", {"id": "tripleo-ipsec-redis"})
+    ET.SubElement(constraints, "rsc_location", {"id": "vip-pref", "rsc": "ip-198.51.100.100", "node": "n1",
+                                                "score": "50"})
+    want = wanted()
+    del want["redis"]
+    cleaned, changes = applied(ipsec_cib.serialize(new), want)
+    assert sorted(changes) == sorted(["tripleo-ipsec-redis", "tripleo-ipsec-redis-with-vip",
+                                      "tripleo-ipsec-redis-start-after-vip", "tripleo-ipsec-redis-stop-after-vip",
+                                      "cli-ban-redis", "set-order"])
+    assert all(c["new"] is None for c in changes.values())
+    assert find(cleaned, "vip-pref") is not None and find(cleaned, "tripleo-ipsec-storage") is not None
+
+
+def test_absent_removes_only_what_the_formula_owns():
+    text = EMPTY.replace(
+        "    </resources>",
+        '      <primitive id="tripleo-ipsec-manual" class="ocf" provider="pacemaker" type="Dummy"/>\n'
+        '      <primitive id="other-ipsec-x" class="ocf" provider="ipsec-formula" type="vip-tunnel"/>\n'
+        "    </resources>")
+    new, _ = applied(text)
+    removed, changes = applied(ipsec_cib.serialize(new), {})
+    assert len(changes) == 12
+    assert ipsec_cib.serialize(removed) == ipsec_cib.serialize(ipsec_cib.parse(text))
+    assert ipsec_cib.owned(removed, PREFIX, AGENT) == {}
+
+
+def test_missing_vip_resource_and_id_clashes_leave_that_vip_alone():
+    text = EMPTY.replace('      <primitive id="ip-198.51.100.101" class="ocf" provider="heartbeat" type="IPaddr2"/>\n',
+                         "")
+    text = text.replace("<constraints/>", '<constraints><rsc_location id="tripleo-ipsec-storage-with-vip" '
+                                          'rsc="ip-203.0.113.100" node="n1" score="1"/></constraints>')
+    root = ipsec_cib.parse(text)
+    new, changes, errors = ipsec_cib.reconcile(root, wanted(), PREFIX, AGENT)
+    assert sorted(errors) == [
+        "VIP redis: its resource ip-198.51.100.101 is not in the CIB; tripleo-ipsec-redis not created (create the "
+        "VIP resource first or set ipsec:pacemaker:vip_resource)",
+        "VIP storage: id tripleo-ipsec-storage-with-vip is already used by a <rsc_location>; left alone",
+    ]
+    assert len(changes) == 4 and all(oid.startswith("tripleo-ipsec-internal_api") for oid in changes)
+    assert find(new, "tripleo-ipsec-redis") is None and find(new, "tripleo-ipsec-storage") is None
+
+
+def test_primitive_inside_a_group_is_not_taken_over():
+    text = EMPTY.replace("    </resources>", '      <group id="g"><primitive id="tripleo-ipsec-redis" class="ocf" '
+                                                'provider="ipsec-formula" type="vip-tunnel"/></group>\n    </resources>')
+    _, changes, errors = ipsec_cib.reconcile(ipsec_cib.parse(text), wanted(), PREFIX, AGENT)
+    assert errors == ["VIP redis: tripleo-ipsec-redis exists inside <group id=g>, not managed by the formula; "
+                      "left alone"]
+    assert not any(oid.startswith("tripleo-ipsec-redis") for oid in changes)
+
+
+def test_legacy_tripleo_primitive_of_the_same_name_is_converted():
+    text = EMPTY.replace("    </resources>", '      <primitive id="tripleo-ipsec-redis" class="ocf" provider="heartbeat" '
+                                                'type="ipsec"><instance_attributes id="ia"><nvpair id="ia-t" '
+                                                'name="tunnel" value="overcloud-redis-vip-tunnel"/></instance_attributes>'
+                                                '</primitive>\n    </resources>')
+    new, changes = applied(text)
+    assert changes["tripleo-ipsec-redis"]["old"]["agent"] == "ocf:heartbeat:ipsec"
+    prim = find(new, "tripleo-ipsec-redis")
+    assert (prim.get("provider"), prim.get("type")) == ("ipsec-formula", "vip-tunnel")
+    assert prim.find("instance_attributes").get("id") == "ia"
+
+
+def test_status_section_ids_are_not_definitions():
+    """A live CIB's status repeats resource ids (lrm_resource): they must
+    neither look like existing objects nor be removed."""
+    new, _ = applied()
+    status = new.find("status")
+    state = ET.SubElement(status, "node_state", {"id": "1", "uname": "n1"})
+    lrm = ET.SubElement(ET.SubElement(state, "lrm", {"id": "1"}), "lrm_resources")
+    for resource in ("tripleo-ipsec-redis", "tripleo-ipsec-storage", "tripleo-ipsec-gone"):
+        ET.SubElement(lrm, "lrm_resource", {"id": resource, "type": "vip-tunnel", "class": "ocf",
+                                            "provider": "ipsec-formula"})
+    text = ipsec_cib.serialize(new)
+    assert applied(text)[1] == {}
+    want = wanted()
+    del want["redis"]
+    cleaned, changes = applied(text, want)
+    assert len(changes) == 4 and find(cleaned.find("configuration"), "tripleo-ipsec-redis") is None
+    assert len(cleaned.find("status").findall(".//lrm_resource")) == 3
+    fresh, changes = applied(EMPTY.replace("<status/>", ipsec_cib.serialize(status)))
+    assert len(changes) == 12 and find(fresh.find("configuration"), "tripleo-ipsec-gone") is None
+
+
+def test_reconcile_does_not_modify_its_input():
+    root = ipsec_cib.parse(EMPTY)
+    before = ipsec_cib.serialize(root)
+    ipsec_cib.reconcile(root, wanted(), PREFIX, AGENT)
+    assert ipsec_cib.serialize(root) == before
+
+
+def test_dc_name_and_who_applies():
+    root = ipsec_cib.parse(EMPTY.replace('admin_epoch="0"', 'admin_epoch="0" dc-uuid="2"'))
+    assert ipsec_cib.dc_name(root) == "n2"
+    assert ipsec_cib.dc_name(ipsec_cib.parse(EMPTY)) is None
+    decide = ipsec_cib.decide_applier
+    assert decide("controller-0", "controller-0", None)[0] is True
+    assert decide("controller-0", "controller-1", "/tmp/cib.xml")[0] is False
+    assert decide("controller-0", None, "/tmp/cib.xml")[0] is True
+    assert decide("controller-0", None, None, dc="n2", local_name="n2")[0] is True
+    applies, reason = decide("controller-0", None, None, dc="n2", local_name="n1")
+    assert applies is False and "DC (n2)" in reason
+    applies, reason = decide("controller-0", None, None, dc=None, local_name="n1")
+    assert applies is None and "no DC" in reason
+
+
+def test_options_and_intervals():
+    assert ipsec_cib.options({}) == {"manage": False, "resource_prefix": "tripleo-ipsec", "apply_from": None,
+                                     "monitor_interval": "10s"}
+    assert ipsec_cib.options({"pacemaker": {"monitor_interval": 30, "apply_from": "c-1"}})["monitor_interval"] == "30s"
+    for good in ("10s", "1min", "500ms", "2h"):
+        assert ipsec_cib.interval(good) == good
+    for bad in ("0", "ten", "10 s", True, -5, "10d"):
+        with pytest.raises(SaltInvocationError):
+            ipsec_cib.interval(bad)
+
+
+@pytest.mark.parametrize("pacemaker,message", [
+    ({"manage": "yes"}, "ipsec:pacemaker:manage: must be true or false"),
+    ({"apply_from": ""}, "ipsec:pacemaker:apply_from: '' must be a minion id"),
+    ({"apply_from": ["a"]}, "ipsec:pacemaker:apply_from: ['a'] must be a minion id"),
+    ({"monitor_interval": "ten"}, "ipsec:pacemaker:monitor_interval: 'ten' is not a pacemaker interval"),
+    ({"monitor_interval": 0}, "ipsec:pacemaker:monitor_interval: 0 is not a pacemaker interval"),
+    ({"monitor_interval": True}, "ipsec:pacemaker:monitor_interval: True is not a pacemaker interval"),
+], ids=["manage", "apply-from-empty", "apply-from-list", "interval-word", "interval-zero", "interval-bool"])
+def test_plan_rejects_bad_pacemaker_pillar(pacemaker, message):
+    pillar = examples.pillar(pacemaker=pacemaker)
+    with pytest.raises(SaltInvocationError) as caught:
+        ipsec_plan.build_plan(pillar, "controller-0", examples.own_ips("controller-0"), cluster_node=True)
+    assert str(caught.value).startswith(message)
+
+
+def test_plan_accepts_the_pacemaker_pillar_keys():
+    pillar = examples.pillar(pacemaker={"manage": True, "apply_from": "controller-1", "monitor_interval": 30,
+                                        "resource_prefix": "tripleo-ipsec", "vip_resource": "ip-{address}"})
+    plan = ipsec_plan.build_plan(copy.deepcopy(pillar), "controller-0", examples.own_ips("controller-0"),
+                                 cluster_node=True)
+    assert not [w for w in plan["warnings"] if "pacemaker" in w]
