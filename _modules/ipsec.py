@@ -16,7 +16,7 @@ import re
 
 import salt.utils.dictupdate
 import salt.utils.path
-from salt.exceptions import SaltInvocationError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 log = logging.getLogger(__name__)
 
@@ -253,3 +253,143 @@ def plan():
         salt '*' ipsec.plan --out=json
     """
     return build()
+
+
+# --- status and verify -------------------------------------------------------
+# The pure parts are _utils/ipsec_status.py (text -> data) and
+# _utils/ipsec_verify.py (plan + status -> verdict); these functions only
+# run whack and read files.
+
+VERIFY_LEVELS = ("ike", "child")
+
+
+def _whack(*args):
+    """stdout of ``ipsec whack --ctlsocket <lookup ctlsocket> ARGS``.
+
+    A unix socket path works across network namespaces: a pluto running in
+    one is reachable from outside through its socket.
+    """
+    paths = lookup()
+    binary, socket = paths["ipsec_bin"], paths["ctlsocket"]
+    if not os.path.exists(binary) and not salt.utils.path.which(binary):
+        raise CommandExecutionError("{} not found: is Libreswan installed?".format(binary))
+    cmd = [binary, "whack", "--ctlsocket", socket] + list(args)
+    result = __salt__["cmd.run_all"](cmd, python_shell=False, ignore_retcode=True, output_loglevel="trace")
+    if result["retcode"] != 0:
+        message = " ".join(
+            part.strip() for part in (result.get("stderr"), result.get("stdout")) if part and part.strip()
+        ) or "exit {}".format(result["retcode"])
+        if "not running" in message or "connect()" in message or not os.path.exists(socket):
+            raise CommandExecutionError(
+                "pluto is not running (no answer on control socket {}): {}".format(socket, message)
+            )
+        raise CommandExecutionError("ipsec whack {} failed (exit {}): {}".format(
+            " ".join(args), result["retcode"], message))
+    return result.get("stdout") or ""
+
+
+def _bool(value, name):
+    if not isinstance(value, bool):
+        raise SaltInvocationError("{} must be true or false, got {!r}".format(name, value))
+    return value
+
+
+def status(traffic=False):
+    """
+    The live state of pluto, parsed from ``ipsec whack --status`` on the
+    lookup's ``ctlsocket``: ``summary`` (connections loaded/active/routed,
+    IKE SAs and IPsec SAs counters), ``connections`` (per name as pluto
+    prints it, template instances as ``name[N]``: endpoints, routing,
+    orientation, IKE SAs and Child SAs with serial, established flag, SPIs
+    and bytes), ``interfaces``/``addresses`` pluto listens on, and
+    ``version`` (output generation "3", "4" or "5").
+
+    traffic
+        Also run ``--trafficstatus``: exact byte counts per Child SA (the
+        status text rounds them to KB/MB).
+
+    Raises an error naming the socket when pluto is not running.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec.status
+        salt '*' ipsec.status traffic=True --out=json
+    """
+    _bool(traffic, "traffic")
+    text = _whack("--status")
+    traffic_text = _whack("--trafficstatus") if traffic else None
+    try:
+        return __utils__["ipsec_status.parse_status"](text, traffic_text)
+    except SaltInvocationError as exc:
+        raise CommandExecutionError("ipsec whack --status gave unexpected output: {}".format(exc))
+
+
+def parse_status(text=None, path=None, traffic=None):
+    """
+    Parse saved ``ipsec status`` output (Libreswan 3.x, 4.x or 5.x) into the
+    same data as ``ipsec.status``, without asking pluto anything.
+
+    text
+        The status text (``ipsec whack --status``, ``--showstates``, or
+        either followed by ``--trafficstatus`` output).
+    path
+        Instead of ``text``: a file on the minion holding it.
+    traffic
+        Optional ``ipsec whack --trafficstatus`` text (exact byte counts).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec.parse_status path=/tmp/ipsec-status.txt
+    """
+    if (text is None) == (path is None):
+        raise SaltInvocationError("ipsec.parse_status: give exactly one of text or path")
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise SaltInvocationError("ipsec.parse_status: cannot read {}: {}".format(path, exc.strerror))
+    return __utils__["ipsec_status.parse_status"](text, traffic)
+
+
+def verify(level="child", traffic=True):
+    """
+    Compare this node's plan (``ipsec.plan``) with live pluto
+    (``ipsec.status``), per planned connection: loaded, oriented, IKE SA
+    established, Child SA established, bytes in/out, whether it is as
+    planned (``ok``) and why not (``reason``); plus conns pluto has loaded
+    that the plan does not (``unplanned``).
+
+    ``result`` is true only when every tunnel that should be up here is up:
+    ``auto=start`` node-to-node and VIP client conns, and VIP server conns
+    with their clients where this node holds the VIP (read from the
+    addresses pluto listens on). Otherwise the return code is non-zero, so
+    ``salt '*' ipsec.verify`` fails in scripts and CI.
+
+    level
+        ``child`` (default): IKE SA and Child SA established. ``ike``: an
+        established IKE SA is enough (kernels without ESP, where the Child
+        SA cannot be installed).
+    traffic
+        Read exact byte counts from ``--trafficstatus`` (default true).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec.verify
+        salt '*' ipsec.verify level=ike --out=yaml
+    """
+    if level not in VERIFY_LEVELS:
+        raise SaltInvocationError("ipsec.verify: level must be 'ike' or 'child', got {!r}".format(level))
+    _bool(traffic, "traffic")
+    built = build(check_algorithms=False)
+    live = status(traffic=traffic)
+    verdict = __utils__["ipsec_verify.verify"](built, live, level)
+    if not verdict["result"]:
+        __context__["retcode"] = 1
+    return verdict

@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import tempfile
+import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -169,3 +170,98 @@ def files_managed(name, **kwargs):
     ret["changes"] = changes
     ret["comment"] = "{} files changed".format(len(changes))
     return ret
+
+
+_NO_RETCODE = object()
+
+
+def _seconds(value, name, minimum):
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise SaltInvocationError("{} must be a number of seconds, got {!r}".format(name, value))
+    if seconds < minimum or seconds != seconds:
+        raise SaltInvocationError("{} must be at least {}, got {!r}".format(name, minimum, value))
+    return seconds
+
+
+def established(name, timeout=300, interval=5, level="child"):
+    """
+    Wait until ``ipsec.verify`` passes on this node: every tunnel that
+    should be up here is up at ``level``. Nothing is changed; the
+    state fails when ``timeout`` passes first, naming every tunnel still
+    down and why. An orchestration can apply the formula and then block
+    here until the cluster's tunnels are up.
+
+    name
+        Any ID.
+    timeout
+        Seconds to wait in total (default 300; 0: check once).
+    interval
+        Seconds between checks (default 5).
+    level
+        ``child`` (default: IKE SA and Child SA established) or ``ike``
+        (an established IKE SA is enough: kernels without ESP). Named
+        ``level`` because ``require`` is a Salt requisite.
+
+    In test mode it checks once: ``True`` when already up, else ``None``
+    ("would wait").
+
+    .. code-block:: yaml
+
+        ipsec-tunnels-established:
+          ipsec.established:
+            - timeout: 120
+            - interval: 5
+            - require:
+              - ipsec-tunnel-files-managed
+    """
+    ret = {"name": name, "changes": {}, "result": False, "comment": ""}
+    try:
+        timeout = _seconds(timeout, "timeout", 0)
+        interval = _seconds(interval, "interval", 0.1)
+        if level not in ("ike", "child"):
+            raise SaltInvocationError("level must be 'ike' or 'child', got {!r}".format(level))
+    except SaltInvocationError as exc:
+        ret["comment"] = str(exc)
+        return ret
+
+    # ipsec.verify sets retcode 1 on every failed check; that is ours to
+    # report, not a leftover for the states (and onlyif/unless) after us.
+    saved_retcode = __context__.get("retcode", _NO_RETCODE)
+    start = time.monotonic()
+    checks = 0
+    try:
+        while True:
+            checks += 1
+            try:
+                verdict = __salt__["ipsec.verify"](level=level)
+                now = verdict["comment"]
+            except SaltInvocationError as exc:
+                # Bad pillar or arguments: waiting will not fix it.
+                ret["comment"] = str(exc)
+                return ret
+            except CommandExecutionError as exc:
+                # pluto (re)starting: keep waiting.
+                verdict, now = None, str(exc)
+            elapsed = time.monotonic() - start
+            if verdict is not None and verdict["result"]:
+                ret["result"] = True
+                ret["comment"] = "{} (after {:.1f}s, {} check{})".format(
+                    now, elapsed, checks, "" if checks == 1 else "s")
+                return ret
+            if __opts__["test"]:
+                ret["result"] = None
+                ret["comment"] = "would wait up to {:g}s for the tunnels; now {}".format(timeout, now)
+                return ret
+            remaining = timeout - elapsed
+            if remaining <= 0:
+                ret["comment"] = "timed out after {:.1f}s ({} checks): {}".format(elapsed, checks, now)
+                return ret
+            log.info("ipsec.established: waiting (check %d, %.1fs left): %s", checks, remaining, now)
+            time.sleep(min(interval, remaining))
+    finally:
+        if saved_retcode is _NO_RETCODE:
+            __context__.pop("retcode", None)
+        else:
+            __context__["retcode"] = saved_retcode

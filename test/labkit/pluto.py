@@ -70,6 +70,10 @@ class Pluto:
     def status(self):
         return self.whack("--status").stdout
 
+    def trafficstatus(self):
+        """``whack --trafficstatus``: one line per installed IPsec SA."""
+        return self.whack("--trafficstatus").stdout
+
     def connection_names(self):
         """Names of loaded conns, from the status connection list."""
         names = set()

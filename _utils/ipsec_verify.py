@@ -1,0 +1,340 @@
+"""
+Plan versus live pluto: pure logic, no Salt dunders, no I/O.
+
+``verify(plan, status, level)`` takes the plan of ``ipsec.plan`` and the
+parsed status of ``ipsec.status`` and says, per planned connection, whether
+it is loaded, has an established IKE SA and Child SA, and whether it is as
+planned, with a reason whenever it is not.
+
+What each planned conn must be here (``expect``):
+- ``auto=start`` node-to-node and VIP client conns: ``up`` (established at
+  ``level``); ``auto=ignore``: nothing; any other ``auto`` (``add``,
+  ``ondemand``, ``route``, ...): ``loaded`` (they come up when the peer or
+  traffic starts them).
+- VIP conns depend on where the VIP is. Whether this node holds it is read
+  from pluto's own listening addresses (its ``interface ... UDP
+  <addr>:500`` lines): pluto can only serve a VIP it listens on.
+  - On the holder, the server conn (``right=%any``, a template) must be
+    loaded and oriented, and every other node of the VIP's network (its
+    planned clients) must have an instance up at ``level``. Its own client
+    conn is not needed: both its ends are local, pluto leaves it
+    unoriented.
+  - Elsewhere the client conn must be up and the server conn is standby.
+"""
+
+import ipaddress
+
+from salt.exceptions import SaltInvocationError
+
+LEVELS = ("ike", "child")
+STARTED = ("start",)
+
+
+def _canonical(address):
+    try:
+        return str(ipaddress.ip_address(address))
+    except (TypeError, ValueError):
+        return address
+
+
+def _sas(conns, ike_index):
+    """What the SAs of some status conns (a conn, or the instances of a
+    template that belong to one client) add up to."""
+    ikes, children, pending, unfinished = [], [], [], []
+    in_bytes = out_bytes = None
+    for conn in conns:
+        for record in conn["ike_sas"]:
+            if record["established"]:
+                ikes.append(record["serial"])
+            else:
+                unfinished.append(record)
+        pending.extend(conn.get("pending_child_sas") or [])
+        for record in conn["child_sas"]:
+            if not record["established"]:
+                unfinished.append(record)
+                continue
+            children.append(record["serial"])
+            # A Child SA may ride on an IKE SA listed under another conn.
+            parent = ike_index.get(record.get("ike_sa"))
+            if parent is not None and parent["established"] and parent["serial"] not in ikes:
+                ikes.append(parent["serial"])
+            if record.get("in_bytes") is not None:
+                in_bytes = (in_bytes or 0) + record["in_bytes"]
+            if record.get("out_bytes") is not None:
+                out_bytes = (out_bytes or 0) + record["out_bytes"]
+    return {
+        "ike_sa": bool(ikes),
+        "child_sa": bool(children),
+        "ike_sas": sorted(ikes),
+        "child_sas": sorted(children),
+        "in_bytes": in_bytes,
+        "out_bytes": out_bytes,
+        "unfinished": sorted(unfinished, key=lambda record: record["serial"]),
+        "pending": sorted(pending),
+    }
+
+
+def _is_up(sas, level):
+    return sas["ike_sa"] and (level == "ike" or sas["child_sa"])
+
+
+def _sa_problem(sas, level, remote):
+    """Why a loaded, oriented conn is not up at ``level``, or None."""
+    if not sas["ike_sa"]:
+        if sas["unfinished"]:
+            record = sas["unfinished"][-1]
+            text = record["text"] or record["state"] or "negotiating"
+            problem = "IKE SA #{} not established ({})".format(record["serial"], text)
+            # Human texts of the first initiator states: IKEv2 4.x+
+            # "sent IKE_SA_INIT request", 3.x "sent v2I1, expected v2R1",
+            # IKEv1 "sent MI1, expecting MR1" / "sent AI1, expecting AR1".
+            if any(mark in text for mark in ("IKE_SA_INIT", "v2I1", "MI1", "AI1")):
+                problem += ": no answer from {}: peer down, unreachable or its pluto not running".format(
+                    remote or "the peer")
+            elif any(mark in text for mark in ("IKE_AUTH", "v2I2", "MI3")):
+                problem += ": authentication pending or refused (PSK or ID mismatch?)"
+            return problem
+        return ("no IKE SA: nothing negotiating right now (a failed attempt waits to be retried: "
+                "authentication failed (PSK?), peer refused or unreachable; see the pluto log)")
+    if level == "child" and not sas["child_sa"]:
+        problem = "IKE SA #{} established but no established Child SA".format(sas["ike_sas"][-1])
+        return problem + (" (one pending)" if sas["pending"] else "")
+    return None
+
+
+NO_CHILD_HINT = ("IKE SAs are up but Child SAs are not: they failed or are still negotiating; a kernel "
+                 "without ESP cannot install them (pluto log: 'Add SA ... Function not implemented'), "
+                 "level=ike checks the IKE SAs only")
+
+
+def _entry(planned):
+    keywords = planned.get("keywords") or {}
+    return {
+        "role": planned.get("role"),
+        "network": planned.get("network"),
+        "peer": planned.get("peer"),
+        "auto": keywords.get("auto", "ignore"),
+        "expect": "nothing",
+        "ok": True,
+        "loaded": False,
+        "oriented": None,
+        "ike_sa": False,
+        "child_sa": False,
+        "up": False,
+        "in_bytes": None,
+        "out_bytes": None,
+        "reason": None,
+    }
+
+
+def _fill(entry, conn, sas, level):
+    entry["loaded"] = conn is not None
+    entry["oriented"] = conn["oriented"] if conn is not None else None
+    if sas is None:
+        return
+    for field in ("ike_sa", "child_sa", "in_bytes", "out_bytes", "ike_sas", "child_sas"):
+        entry[field] = sas[field]
+    entry["up"] = _is_up(sas, level)
+
+
+def _peer_conn(entry, planned, conn, ike_index, level, listening):
+    """node-to-node and VIP client conns: one status conn each."""
+    auto = entry["auto"]
+    sas = _sas([conn], ike_index) if conn is not None else None
+    _fill(entry, conn, sas, level)
+    if auto == "ignore":
+        entry["reason"] = "auto=ignore: pluto does not load it"
+        return
+    entry["expect"] = "up" if auto in STARTED else "loaded"
+    if conn is None:
+        entry["ok"] = False
+        entry["reason"] = "not loaded in pluto (auto={}): apply the formula, then see the pluto log".format(auto)
+        return
+    if entry["expect"] == "loaded":
+        entry["reason"] = "auto={}: only has to be loaded (comes up when the peer or traffic starts it)".format(auto)
+        return
+    if conn["oriented"] is False:
+        entry["ok"] = False
+        local = (planned.get("keywords") or {}).get("left") or conn.get("local")
+        entry["reason"] = "loaded but unoriented: pluto does not listen on {} (it listens on {})".format(
+            local, ", ".join(listening) or "nothing")
+        return
+    entry["ok"] = entry["up"]
+    if not entry["up"]:
+        entry["reason"] = _sa_problem(sas, level, conn.get("remote") or planned.get("peer"))
+
+
+def _server_conn(entry, planned, template, instances, clients, ike_index, level, client_auto):
+    """A VIP server conn on the node holding the VIP: a template whose
+    instances are the clients' tunnels."""
+    entry["expect"] = "up" if client_auto in STARTED else "loaded"
+    if template is None:
+        _fill(entry, None, None, level)
+        entry["ok"] = False
+        entry["reason"] = "not loaded in pluto although this node holds VIP {}".format(planned.get("peer"))
+        return
+    _fill(entry, template, _sas(instances, ike_index), level)
+    entry["instances"] = sorted(conn["name"] for conn in instances)
+    by_remote = {}
+    for conn in instances:
+        by_remote.setdefault(_canonical(conn.get("remote")), []).append(conn)
+    report, missing = {}, []
+    for node, address in sorted(clients.items()):
+        conns = by_remote.get(_canonical(address), [])
+        sas = _sas(conns, ike_index)
+        up = _is_up(sas, level)
+        report[address] = {
+            "node": node,
+            "instances": sorted(conn["name"] for conn in conns),
+            "ike_sa": sas["ike_sa"],
+            "child_sa": sas["child_sa"],
+            "in_bytes": sas["in_bytes"],
+            "out_bytes": sas["out_bytes"],
+            "up": up,
+        }
+        if not up:
+            missing.append("{} ({}): {}".format(address, node, (
+                "not connected (no instance)" if not conns else
+                "no established Child SA" if sas["ike_sa"] else "no established IKE SA")))
+    entry["clients"] = report
+    if template["oriented"] is False:
+        entry["ok"] = False
+        entry["reason"] = "loaded but unoriented although pluto listens on the VIP {}".format(planned.get("peer"))
+        return
+    if entry["expect"] == "loaded":
+        entry["reason"] = "its clients use auto={}: only has to be loaded and oriented".format(client_auto)
+        return
+    # Up when every planned client is (no other node on the network: no
+    # client to wait for).
+    entry["up"] = entry["ok"] = not missing
+    if missing:
+        entry["reason"] = "clients not up at level {}: {}".format(level, "; ".join(missing))
+
+
+def _not_needed(entry, conn, reason):
+    _fill(entry, conn, None, None)
+    entry["reason"] = reason
+
+
+def verify(plan, status, level="child"):
+    """Compare a plan (``ipsec.plan``) with a parsed status (``ipsec.status``).
+
+    level: "child" (default: IKE SA and Child SA established) or "ike" (an
+    established IKE SA is enough: kernels without ESP).
+
+    Returns:
+    - ``result``: true only when every planned conn is as expected (``ok``);
+    - ``comment``: one line naming each failing conn and why;
+    - ``hint``: what a common failure pattern means (Child SAs missing
+      while IKE SAs are up), or None;
+    - ``connections``: per planned conn ``expect`` ("up", "loaded" or
+      "nothing" on this node), ``ok``, ``loaded``, ``oriented``,
+      ``ike_sa``, ``child_sa``, ``up`` (established at ``level``),
+      ``in_bytes``/``out_bytes`` (None where pluto shows none), ``reason``;
+      VIP server conns also ``clients`` (per planned client address);
+    - ``failed``: conn -> reason for every conn that is not ok;
+    - ``unplanned``: conns pluto has loaded that the plan does not (they
+      never make the result false);
+    - ``vips``: per VIP address its network and whether this node holds it;
+    - ``counts``, ``level``, ``node``, ``version``, ``summary``.
+    """
+    if level not in LEVELS:
+        raise SaltInvocationError("ipsec.verify: level must be 'ike' or 'child', got {!r}".format(level))
+    if not isinstance(plan, dict) or not isinstance(plan.get("connections"), dict):
+        raise SaltInvocationError("ipsec.verify: the plan has no connections mapping")
+    if not isinstance(status, dict) or not isinstance(status.get("connections"), dict):
+        raise SaltInvocationError("ipsec.verify: the status has no connections mapping")
+
+    listening = []
+    for address in status.get("addresses") or []:
+        if _canonical(address) not in listening:
+            listening.append(_canonical(address))
+    held = set(listening)
+    by_base, ike_index = {}, {}
+    for conn in status["connections"].values():
+        by_base.setdefault(conn["base"], []).append(conn)
+        for record in conn["ike_sas"]:
+            ike_index[record["serial"]] = record
+
+    planned_conns = plan["connections"]
+    # VIP address -> auto= of this node's client conn toward it. One pillar
+    # renders every node's client conns, so our server's clients use it too.
+    client_auto = {
+        _canonical(conn.get("peer")): (conn.get("keywords") or {}).get("auto", "ignore")
+        for conn in planned_conns.values()
+        if conn.get("role") == "vip-client"
+    }
+    networks = plan.get("networks") or {}
+    vips, connections = {}, {}
+    for name in sorted(planned_conns):
+        planned = planned_conns[name]
+        entry = _entry(planned)
+        role = planned.get("role")
+        conns = by_base.get(name, [])
+        template = next((conn for conn in conns if conn["instance"] is None), None)
+        if role in ("vip-server", "vip-client"):
+            vip = _canonical(planned.get("peer"))
+            is_held = vip in held
+            vips.setdefault(vip, {"network": planned.get("network"), "held": is_held})
+            entry["vip_held"] = is_held
+            if role == "vip-server" and is_held:
+                peers = (networks.get(planned.get("network")) or {}).get("peers") or {}
+                _server_conn(entry, planned, template, [c for c in conns if c["instance"]],
+                             peers, ike_index, level, client_auto.get(vip, "start"))
+            elif role == "vip-server":
+                _not_needed(entry, template, "standby: VIP {} is not on this node "
+                            "(pluto does not listen on it)".format(vip))
+            elif is_held:
+                _not_needed(entry, template, "not needed: this node holds VIP {} "
+                            "(its server conn serves it)".format(vip))
+            else:
+                _peer_conn(entry, planned, template, ike_index, level, listening)
+        else:
+            _peer_conn(entry, planned, template, ike_index, level, listening)
+        connections[name] = entry
+
+    unplanned = {}
+    for base in sorted(set(by_base) - set(planned_conns)):
+        sas = _sas(by_base[base], ike_index)
+        unplanned[base] = {
+            "instances": sorted(conn["name"] for conn in by_base[base] if conn["instance"]),
+            "ike_sa": sas["ike_sa"],
+            "child_sa": sas["child_sa"],
+        }
+
+    failed = {name: entry["reason"] for name, entry in connections.items() if not entry["ok"]}
+    expect = [entry["expect"] for entry in connections.values()]
+    counts = {
+        "planned": len(connections),
+        "expect_up": expect.count("up"),
+        "expect_loaded": expect.count("loaded"),
+        "not_needed_here": expect.count("nothing"),
+        "failed": len(failed),
+        "unplanned": len(unplanned),
+    }
+    if not failed:
+        comment = "all {} tunnels that should be up are up (level: {})".format(counts["expect_up"], level)
+        if counts["expect_loaded"]:
+            comment += ", {} more loaded as planned".format(counts["expect_loaded"])
+    else:
+        comment = "{} of {} planned conns are not as planned (level: {}): {}".format(
+            len(failed), len(connections), level,
+            "; ".join("{}: {}".format(name, reason) for name, reason in failed.items()))
+    hint = None
+    if any("but no established Child SA" in reason for reason in failed.values()):
+        hint = NO_CHILD_HINT
+        comment += ". " + hint
+    return {
+        "result": not failed,
+        "comment": comment,
+        "hint": hint,
+        "level": level,
+        "node": plan.get("node"),
+        "version": status.get("version"),
+        "counts": counts,
+        "failed": failed,
+        "connections": connections,
+        "unplanned": unplanned,
+        "vips": vips,
+        "summary": status.get("summary"),
+    }

@@ -1,0 +1,256 @@
+"""Unit tests of plan-versus-status (_utils/ipsec_verify.py).
+
+Plans come from the real planner (ipsec_plan) for the example cluster; the
+status side is DERIVED TEXT rendered by labkit.statustext from what the
+test says pluto has (see that module for what the text is based on), then
+parsed by ipsec_status, so these tests also cover the parser's output as
+verify consumes it. Real pluto verdicts: test/integration/test_status_pluto.py.
+"""
+
+import re
+
+import pytest
+from salt.exceptions import SaltInvocationError
+
+import ipsec_plan
+import ipsec_status
+import ipsec_verify
+from labkit import examples
+from labkit.statustext import GENERATIONS, Conn, render
+
+TWO = {name: examples.THREE_NODES[name] for name in ("controller-0", "compute-0")}
+N2N_API = "overcloud-internal_api-198.51.100.10-198.51.100.20"
+N2N_TENANT = "overcloud-tenant-2001:db8:0:1::10-2001:db8:0:1::20"
+API_SERVER = "overcloud-internal_api-vip-tunnel"
+API_CLIENT = "overcloud-internal_api-node-to-vip-tunnel"
+STORAGE_SERVER = "overcloud-storage-vip-tunnel"
+REDIS_SERVER = "overcloud-redis-vip-tunnel"
+
+
+def plan_for(node, nodes=TWO):
+    return ipsec_plan.build_plan(
+        examples.pillar(nodes=nodes), node_id=node, own_ips=examples.own_ips(node, nodes), major=4,
+        cluster_node=node in examples.CLUSTER_NODES,
+    )
+
+
+def status_for(plan, ike="established", child="established", held=None, drop=(), unoriented=(),
+               sas=None, clients=None, extra=(), generation="4.10", traffic=True):
+    """Parsed status of a pluto that loaded ``plan``.
+
+    held: VIP addresses pluto listens on (default: all, on cluster nodes);
+    sas: {conn or client address: (ike, child)} overrides; drop: conns not
+    loaded; clients: {VIP server conn: [client addresses]} instances
+    (default: every peer of the network).
+    """
+    sas = sas or {}
+    vips = {c["peer"] for c in plan["connections"].values() if c["role"] in ("vip-server", "vip-client")}
+    if held is None:
+        held = vips if plan["cluster_node"] else set()
+    conns = []
+    for name, planned in sorted(plan["connections"].items()):
+        if name in drop:
+            continue
+        kw = planned["keywords"]
+        state = sas.get(name, (ike, child))
+        if planned["role"] == "vip-server":
+            conns.append(Conn(name, kw["left"], "%any", kw["leftid"], kw["rightid"], oriented=kw["left"] in held))
+            if kw["left"] not in held:
+                continue
+            peers = plan["networks"][planned["network"]]["peers"].values()
+            for index, address in enumerate((clients or {}).get(name, sorted(peers)), 1):
+                client_ike, client_child = sas.get(address, (ike, child))
+                conns.append(Conn(name, kw["left"], address, kw["leftid"], kw["rightid"], instance=index,
+                                  ike=client_ike, child=client_child, in_bytes=100, out_bytes=200))
+        elif planned["role"] == "vip-client" and kw["right"] in held:
+            conns.append(Conn(name, kw["left"], kw["right"], kw["leftid"], kw["rightid"], oriented=False))
+        else:
+            conns.append(Conn(name, kw["left"], kw["right"], kw.get("leftid"), kw.get("rightid"),
+                              ike=state[0], child=state[1], oriented=name not in unoriented,
+                              in_bytes=1024, out_bytes=2048))
+    conns.extend(extra)
+    addresses = sorted(plan["addresses"].values()) + sorted(held)
+    text, traffic_text = render(conns, generation, addresses=addresses)
+    return ipsec_status.parse_status(text, traffic_text if traffic else None)
+
+
+def verdict(plan, status, level="child"):
+    return ipsec_verify.verify(plan, status, level)
+
+
+def test_all_up_on_the_vip_holder():
+    plan = plan_for("controller-0")
+    result = verdict(plan, status_for(plan))
+    assert result["result"] is True and result["failed"] == {}
+    assert result["comment"] == "all 5 tunnels that should be up are up (level: child)"
+    assert result["counts"] == {"planned": 8, "expect_up": 5, "expect_loaded": 0, "not_needed_here": 3,
+                                "failed": 0, "unplanned": 0}
+    api = result["connections"][N2N_API]
+    assert (api["expect"], api["ok"], api["loaded"], api["oriented"], api["ike_sa"], api["child_sa"], api["up"]) == (
+        "up", True, True, True, True, True, True)
+    assert (api["in_bytes"], api["out_bytes"]) == (1024, 2048)  # exact, from trafficstatus
+    server = result["connections"][API_SERVER]
+    assert server["expect"] == "up" and server["vip_held"] is True
+    assert server["clients"] == {"198.51.100.20": {
+        "node": "compute-0", "instances": [API_SERVER + "[1]"], "ike_sa": True, "child_sa": True,
+        "in_bytes": 100, "out_bytes": 200, "up": True}}
+    assert result["connections"][STORAGE_SERVER]["clients"] == {}  # compute-0 is not on storage
+    client = result["connections"][API_CLIENT]
+    assert (client["expect"], client["ok"], client["oriented"]) == ("nothing", True, False)
+    assert client["reason"].startswith("not needed: this node holds VIP 198.51.100.100")
+    assert result["vips"]["198.51.100.100"] == {"network": "internal_api", "held": True}
+
+
+def test_ike_only_kernel_child_level_false_with_hint_ike_level_true():
+    plan = plan_for("controller-0")
+    status = status_for(plan, child=None)
+    child = verdict(plan, status, "child")
+    assert child["result"] is False
+    assert set(child["failed"]) == {N2N_API, N2N_TENANT, API_SERVER, REDIS_SERVER}
+    assert child["failed"][N2N_API].startswith("IKE SA #") and "no established Child SA" in child["failed"][N2N_API]
+    assert "198.51.100.20 (compute-0): no established Child SA" in child["failed"][API_SERVER]
+    assert child["hint"] == ipsec_verify.NO_CHILD_HINT and child["comment"].endswith(child["hint"])
+    ike = verdict(plan, status, "ike")
+    assert ike["result"] is True and ike["hint"] is None
+    assert ike["connections"][N2N_API]["child_sa"] is False and ike["connections"][N2N_API]["up"] is True
+
+
+def test_compute_node_needs_its_client_conns():
+    plan = plan_for("compute-0")
+    result = verdict(plan, status_for(plan))
+    assert result["result"] is True and result["counts"]["expect_up"] == 4
+    assert result["connections"][API_CLIENT]["expect"] == "up"
+    assert result["vips"]["198.51.100.100"]["held"] is False
+    down = verdict(plan, status_for(plan, sas={API_CLIENT: ("half-open", None)}))
+    assert list(down["failed"]) == [API_CLIENT]
+    assert "no answer from 198.51.100.100" in down["failed"][API_CLIENT]
+
+
+def test_cluster_node_without_the_vip_is_a_client_and_its_server_is_standby():
+    plan = plan_for("controller-1", nodes=examples.THREE_NODES)
+    result = verdict(plan, status_for(plan, held=set()))
+    assert result["result"] is True
+    server = result["connections"][API_SERVER]
+    assert (server["expect"], server["ok"], server["loaded"], server["oriented"]) == ("nothing", True, True, False)
+    assert server["reason"].startswith("standby: VIP 198.51.100.100 is not on this node")
+    assert result["connections"][API_CLIENT]["expect"] == "up"
+
+
+def test_holder_missing_a_client():
+    plan = plan_for("controller-0", nodes=examples.THREE_NODES)
+    status = status_for(plan, clients={API_SERVER: ["198.51.100.11"]}, sas={"198.51.100.11": ("established", None)})
+    result = verdict(plan, status)
+    reason = result["failed"][API_SERVER]
+    assert reason == ("clients not up at level child: 198.51.100.20 (compute-0): not connected (no instance); "
+                      "198.51.100.11 (controller-1): no established Child SA")
+    assert result["connections"][API_SERVER]["clients"]["198.51.100.20"]["instances"] == []
+
+
+def test_not_loaded_and_unoriented():
+    plan = plan_for("controller-0")
+    result = verdict(plan, status_for(plan, drop={N2N_API, STORAGE_SERVER}, unoriented={N2N_TENANT}))
+    assert result["result"] is False
+    assert result["failed"][N2N_API].startswith("not loaded in pluto (auto=start)")
+    assert result["failed"][STORAGE_SERVER].startswith("not loaded in pluto although this node holds VIP 203.0.113.100")
+    assert result["failed"][N2N_TENANT].startswith(
+        "loaded but unoriented: pluto does not listen on 2001:db8:0:1::10")
+    assert result["connections"][N2N_API]["loaded"] is False
+
+
+@pytest.mark.parametrize("ike,expected", [
+    ("half-open", "IKE SA #{} not established (sent IKE_SA_INIT request): no answer from 198.51.100.20"),
+    (None, "no IKE SA: nothing negotiating right now"),
+])
+def test_why_an_ike_sa_is_missing(ike, expected):
+    plan = plan_for("controller-0")
+    status = status_for(plan, sas={N2N_API: (ike, None)})
+    reason = verdict(plan, status, "ike")["failed"][N2N_API]
+    if "{}" in expected:
+        serial = status["connections"][N2N_API]["ike_sas"][0]["serial"]
+        expected = expected.format(serial)
+    assert reason.startswith(expected), reason
+
+
+def test_auto_add_needs_loaded_only_and_auto_ignore_nothing():
+    plan = plan_for("compute-0")
+    plan["connections"][N2N_API]["keywords"]["auto"] = "add"
+    plan["connections"][N2N_TENANT]["keywords"]["auto"] = "ignore"
+    status = status_for(plan, sas={N2N_API: (None, None)}, drop={N2N_TENANT})
+    result = verdict(plan, status)
+    assert result["result"] is True
+    assert result["connections"][N2N_API]["expect"] == "loaded" and result["connections"][N2N_API]["up"] is False
+    assert result["connections"][N2N_TENANT]["expect"] == "nothing"
+    assert result["comment"] == "all 2 tunnels that should be up are up (level: child), 1 more loaded as planned"
+    gone = verdict(plan, status_for(plan, drop={N2N_API, N2N_TENANT}))
+    assert list(gone["failed"]) == [N2N_API]
+
+
+def test_unplanned_conns_are_listed_but_never_fail():
+    plan = plan_for("compute-0")
+    extra = [Conn("site-vpn", "198.51.100.20", "192.0.2.1", ike="half-open"),
+             Conn("overcloud-old", "198.51.100.20", "198.51.100.99", ike="established")]
+    result = verdict(plan, status_for(plan, extra=extra))
+    assert result["result"] is True
+    assert result["unplanned"] == {
+        "overcloud-old": {"instances": [], "ike_sa": True, "child_sa": False},
+        "site-vpn": {"instances": [], "ike_sa": False, "child_sa": False},
+    }
+
+
+def test_child_sa_on_an_ike_sa_listed_under_another_conn():
+    plan = {"node": "n", "networks": {}, "connections": {
+        "b": {"role": "node-to-node", "network": "x", "peer": "p", "keywords": {"auto": "start", "left": "198.51.100.1"}}}}
+    text = (
+        '"a": 198.51.100.1...198.51.100.2; unrouted; eroute owner: #0\n'
+        '"b": 198.51.100.1...198.51.100.2; erouted; eroute owner: #2\n'
+        '#1: "a":500 established IKE SA; newest; idle;\n'
+        '#2: "b":500 established Child SA; newest; eroute owner; IKE SA #1; idle;\n'
+    )
+    result = verdict(plan, ipsec_status.parse_status(text))
+    assert result["result"] is True
+    assert result["connections"]["b"]["ike_sas"] == [1] and result["connections"]["b"]["child_sas"] == [2]
+
+
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_the_verdict_does_not_depend_on_the_libreswan_generation(generation):
+    plan = plan_for("controller-0", nodes=examples.THREE_NODES)
+    sas = {N2N_API: ("half-open", None), "198.51.100.11": ("established", None)}
+    reference = verdict(plan, status_for(plan, sas=sas))
+    other = verdict(plan, status_for(plan, sas=sas, generation=generation))
+    # Reasons quote pluto's own state text, which differs by version.
+    def same(text):
+        return re.sub(r"\((sent [^)]*)\)", "(...)", text) if isinstance(text, str) else text
+
+    for result in (reference, other):
+        result.pop("version")
+        result["failed"] = {name: same(reason) for name, reason in result["failed"].items()}
+        result["comment"] = same(result["comment"])
+        for entry in result["connections"].values():
+            entry["reason"] = same(entry["reason"])
+    assert other["failed"] == reference["failed"]
+    assert other["connections"] == reference["connections"]
+    assert other["comment"] == reference["comment"]
+
+
+def test_bytes_without_trafficstatus_come_from_the_status_text():
+    plan = plan_for("compute-0")
+    result = verdict(plan, status_for(plan, traffic=False))
+    assert (result["connections"][N2N_API]["in_bytes"], result["connections"][N2N_API]["out_bytes"]) == (1024, 2048)
+
+
+@pytest.mark.parametrize("plan,status,message", [
+    ({"connections": {}}, {"connections": {}}, None),
+    ({}, {"connections": {}}, "the plan has no connections mapping"),
+    ({"connections": {}}, "text", "the status has no connections mapping"),
+])
+def test_bad_inputs(plan, status, message):
+    if message is None:
+        assert ipsec_verify.verify(plan, status)["result"] is True  # nothing planned, nothing to fail
+        return
+    with pytest.raises(SaltInvocationError, match=message):
+        ipsec_verify.verify(plan, status)
+
+
+def test_bad_level():
+    with pytest.raises(SaltInvocationError, match="level must be 'ike' or 'child', got 'esp'"):
+        ipsec_verify.verify({"connections": {}}, {"connections": {}}, "esp")
