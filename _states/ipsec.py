@@ -265,3 +265,210 @@ def established(name, timeout=300, interval=5, level="child"):
             __context__.pop("retcode", None)
         else:
             __context__["retcode"] = saved_retcode
+
+
+# --- /etc/ipsec.conf and /etc/ipsec.secrets: taken over, and given back ----
+
+ORIGINAL_SUFFIX = ".ipsec-formula-orig"
+FORMULA_MARK = "Managed by Salt (ipsec-formula)"
+INCLUDE_MARK = "# ipsec-formula"
+
+
+def _mode_of(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def config_original_saved(name):
+    """
+    Keep the operator's own ``name`` (``/etc/ipsec.conf``) once, as
+    ``<name>.ipsec-formula-orig``, before the formula manages the file, so
+    ``ipsec.clean`` can give it back. Nothing happens when the file is
+    missing, already the formula's, or already saved.
+
+    .. code-block:: yaml
+
+        ipsec-config-file-original-saved:
+          ipsec.config_original_saved:
+            - name: /etc/ipsec.conf
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    saved = name + ORIGINAL_SUFFIX
+    current, _ = _read(name)
+    if current is None or FORMULA_MARK in current or os.path.exists(saved):
+        ret["comment"] = "nothing to save"
+        return ret
+    ret["changes"] = {"saved": saved}
+    if __opts__["test"]:
+        ret.update(result=None, comment="{} would be saved as {}".format(name, saved))
+        return ret
+    _write(saved, current, "{:04o}".format(_mode_of(name)))
+    ret["comment"] = "{} saved as {}".format(name, saved)
+    return ret
+
+
+def config_restored(name):
+    """
+    Give ``name`` (``/etc/ipsec.conf``) back: the saved original when there
+    is one, else remove the formula's file. A file that is not the
+    formula's is left alone.
+
+    .. code-block:: yaml
+
+        ipsec-clean-config-file-restored:
+          ipsec.config_restored:
+            - name: /etc/ipsec.conf
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    saved = name + ORIGINAL_SUFFIX
+    current, _ = _read(name)
+    if os.path.exists(saved):
+        ret["changes"] = {"restored": saved}
+    elif current is not None and FORMULA_MARK in current:
+        ret["changes"] = {"removed": name}
+    else:
+        ret["comment"] = "{} is not the formula's".format(name)
+        return ret
+    if __opts__["test"]:
+        ret.update(result=None, comment="{} would be given back".format(name))
+        return ret
+    if os.path.exists(saved):
+        os.replace(saved, name)
+    else:
+        os.unlink(name)
+    ret["comment"] = "{} given back".format(name)
+    return ret
+
+
+def _include_line(config_dir):
+    return "include {}/*.secrets".format(config_dir.rstrip("/"))
+
+
+def secrets_include_present(name, config_dir):
+    """
+    Make ``name`` (``/etc/ipsec.secrets``) include the formula's secrets
+    files. An existing include of ``<config_dir>/*.secrets`` (Debian's and
+    RHEL's default) is enough; otherwise a line marked ``# ipsec-formula``
+    is added (the file is created 0600 if missing), which ``ipsec.clean``
+    removes again. The operator's other lines are never touched.
+
+    .. code-block:: yaml
+
+        ipsec-secrets-file-includes-formula-secrets:
+          ipsec.secrets_include_present:
+            - name: /etc/ipsec.secrets
+            - config_dir: /etc/ipsec.d
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    include = _include_line(config_dir)
+    current, _ = _read(name)
+    lines = (current or "").splitlines()
+    if any(line.split("#")[0].strip() == include for line in lines):
+        ret["comment"] = "{} includes {}".format(name, include.split(" ", 1)[1])
+        return ret
+    ret["changes"] = {"added": include}
+    if __opts__["test"]:
+        ret.update(result=None, comment="the include would be added")
+        return ret
+    text = (current or "")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    text += "{}  {}\n".format(include, INCLUDE_MARK)
+    os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+    _write(name, text, "{:04o}".format(_mode_of(name)) if current is not None else "0600")
+    ret["comment"] = "include added"
+    return ret
+
+
+def secrets_include_absent(name):
+    """
+    Remove from ``name`` (``/etc/ipsec.secrets``) the lines the formula
+    added (marked ``# ipsec-formula``); everything else stays.
+
+    .. code-block:: yaml
+
+        ipsec-clean-secrets-include-absent:
+          ipsec.secrets_include_absent:
+            - name: /etc/ipsec.secrets
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    current, mode = _read(name)
+    if current is None:
+        ret["comment"] = "{} does not exist".format(name)
+        return ret
+    lines = current.splitlines(True)
+    ours = [line.rstrip("\n") for line in lines if line.rstrip().endswith(INCLUDE_MARK)]
+    if not ours:
+        ret["comment"] = "no line of the formula in {}".format(name)
+        return ret
+    ret["changes"] = {"removed": ours}
+    if __opts__["test"]:
+        ret.update(result=None, comment="the formula's lines would be removed")
+        return ret
+    _write(name, "".join(line for line in lines if not line.rstrip().endswith(INCLUDE_MARK)), mode)
+    ret["comment"] = "the formula's lines removed"
+    return ret
+
+
+def _clean_prefix():
+    # Clean must work with a broken pillar: no plan, only the prefix.
+    prefix = (__pillar__.get("ipsec") or {}).get("prefix", "overcloud")
+    return prefix if isinstance(prefix, str) and prefix else "overcloud"
+
+
+def files_absent(name):
+    """
+    Remove the formula's ``<prefix>-*.conf`` and ``<prefix>-*.secrets``
+    files from the lookup's ``config_dir``; other files stay. Works with an
+    invalid pillar (only ``ipsec:prefix`` and ``ipsec:lookup`` are read).
+
+    .. code-block:: yaml
+
+        ipsec-clean-tunnel-files-absent:
+          ipsec.files_absent
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    config_dir = __salt__["ipsec.lookup"]()["config_dir"]
+    found = _formula_files(config_dir, _clean_prefix())
+    if not found:
+        ret["comment"] = "no file of the formula in {}".format(config_dir)
+        return ret
+    ret["changes"] = {path: {"removed": True} for path in found}
+    if __opts__["test"]:
+        ret.update(result=None, comment="{} files would be removed".format(len(found)))
+        return ret
+    for path in found:
+        os.unlink(path)
+    ret["comment"] = "{} files removed".format(len(found))
+    return ret
+
+
+def conns_absent(name):
+    """
+    Delete the formula's connections (``<prefix>-...``) from the running
+    pluto, so no tunnel of the formula outlives its files. Nothing to do
+    when pluto is not running. Other connections stay.
+
+    .. code-block:: yaml
+
+        ipsec-clean-conns-deleted:
+          ipsec.conns_absent
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    try:
+        if not __salt__["ipsec_pluto.running"]():
+            ret["comment"] = "pluto is not running"
+            return ret
+        prefix = _clean_prefix() + "-"
+        ours = sorted(n for n in __salt__["ipsec_pluto.loaded"]() if n.startswith(prefix))
+        if not ours:
+            ret["comment"] = "no connection of the formula is loaded"
+            return ret
+        ret["changes"] = {"deleted": ours}
+        if __opts__["test"]:
+            ret.update(result=None, comment="{} connections would be deleted".format(len(ours)))
+            return ret
+        __salt__["ipsec_pluto.delete"](ours)
+        ret["comment"] = "{} connections deleted".format(len(ours))
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        ret.update(result=False, changes={}, comment=str(exc))
+    return ret

@@ -37,7 +37,7 @@ KNOWN_KEYS = {
         "psk", "prefix", "algorithm", "ike_algorithm", "networks",
         "extra_vips", "skip_networks", "conn_options", "nodes", "mine",
         "cluster", "pacemaker", "firewall", "config_setup",
-        "libreswan_version", "lookup",
+        "libreswan_version", "lookup", "clean",
     },
     "networks": {"cidr", "vip", "algorithm", "ike_algorithm", "conn_options"},
     "extra_vips": {"network", "address"},
@@ -46,6 +46,7 @@ KNOWN_KEYS = {
     "cluster": {"nodes", "grain", "detect"},
     "pacemaker": {"manage", "resource_prefix", "vip_resource", "apply_from", "monitor_interval"},
     "firewall": {"manage", "backend", "table"},
+    "clean": {"remove_package"},
 }
 
 # Keywords that carry the tunnel's identity: overriding them would make the
@@ -254,11 +255,15 @@ def _esp_keyword(major):
 
 
 def _liveness_keywords(major, action):
-    # dpdaction/dpdtimeout are obsolete in 5.x: IKEv2 liveness is dpddelay
-    # plus retransmit-timeout there.
-    if major >= 5:
-        return {"dpddelay": "5", "retransmit-timeout": "15s"}
-    return {"dpdaction": action, "dpddelay": "5", "dpdtimeout": "15"}
+    # IKEv2 liveness is dpddelay plus retransmit-timeout (TripleO's
+    # dpdtimeout=15 is IKEv1-only: 4.x warns it is ignored). dpdaction is
+    # obsolete in 5.x.
+    keywords = {"dpddelay": "5", "retransmit-timeout": "15s"}
+    if major <= 4:
+        keywords = dict({"dpdaction": action}, **keywords)
+    if major <= 3:
+        keywords["dpdtimeout"] = "15"
+    return keywords
 
 
 def _algorithm_keywords(major, esp, ike):
@@ -668,7 +673,7 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
     config_setup = dict(DEFAULT_CONFIG_SETUP)
     config_setup.update(parse_options(conf.get("config_setup"), "config_setup", CONFIG_SETUP_KEYWORDS))
     config_setup = {k: v for k, v in config_setup.items() if v is not None}
-    for section in ("mine", "cluster"):
+    for section in ("mine", "cluster", "clean"):
         warnings.extend(unknown_keys(section, _mapping(conf.get(section), section), section))
     resource_prefix, vip_resource = _parse_cluster_options(conf, warnings)
     firewall = _parse_firewall(conf, warnings)

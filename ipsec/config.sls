@@ -25,6 +25,13 @@ ipsec-nss-db-initialised:
     - require:
       - ipsec-nss-db-directory
 
+{#- The operator's own ipsec.conf is kept once, for ipsec.clean. #}
+ipsec-config-file-original-saved:
+  ipsec.config_original_saved:
+    - name: {{ lookup.config_file }}
+    - require:
+      - ipsec-package-installed
+
 ipsec-config-file-managed:
   file.managed:
     - name: {{ lookup.config_file }}
@@ -36,26 +43,17 @@ ipsec-config-file-managed:
         config_setup: {{ plan.config_setup | json }}
         config_dir: {{ lookup.config_dir | json }}
     - require:
-      - ipsec-package-installed
+      - ipsec-config-file-original-saved
 
-{#- ipsec.secrets may hold the operator's own secrets: create it when
-    missing, otherwise only make sure it includes the formula's files. #}
-ipsec-secrets-file-present:
-  file.managed:
-    - name: {{ lookup.secrets_file }}
-    - contents: include {{ lookup.config_dir }}/*.secrets
-    - replace: false
-    - mode: '0600'
-    - makedirs: true
-    - require:
-      - ipsec-package-installed
-
+{#- ipsec.secrets may hold the operator's own secrets: only make sure it
+    includes the formula's files (a line marked for ipsec.clean is added
+    when no include is there; the file is created 0600 when missing). #}
 ipsec-secrets-file-includes-formula-secrets:
-  file.append:
+  ipsec.secrets_include_present:
     - name: {{ lookup.secrets_file }}
-    - text: include {{ lookup.config_dir }}/*.secrets
+    - config_dir: {{ lookup.config_dir }}
     - require:
-      - ipsec-secrets-file-present
+      - ipsec-package-installed
 
 ipsec-tunnel-files-managed:
   ipsec.files_managed:
