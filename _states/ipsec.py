@@ -107,69 +107,175 @@ def _desired_files():
     return plan, desired
 
 
-def files_managed(name, **kwargs):
-    """
-    Write the formula's connection and secrets files from the plan.
-
-    name
-        Any ID; the files come from the plan, not from arguments.
-
-    Bad pillar fails the state before any file is touched. Secrets files are
-    reported as changed without their content. Files matching
-    ``<prefix>-*.conf|.secrets`` that the plan no longer has are removed.
-
-    .. code-block:: yaml
-
-        ipsec-tunnel-files-managed:
-          ipsec.files_managed
-    """
-    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
-    try:
-        plan, desired = _desired_files()
-    except (SaltInvocationError, CommandExecutionError) as exc:
-        ret["result"] = False
-        ret["comment"] = str(exc)
-        return ret
-
-    config_dir = __salt__["ipsec.lookup"]()["config_dir"]
+def _file_changes(desired, stale):
     changes = {}
     for path, (kind, text, mode) in desired.items():
         change = _file_change(path, kind, text, mode)
         if change:
             changes[path] = change
-    stale = [p for p in _formula_files(config_dir, plan["prefix"]) if p not in desired]
     for path in stale:
         changes[path] = {"removed": "not in the plan any more"}
+    return changes
 
-    if not changes:
-        ret["comment"] = "{} files of the plan are in place".format(len(desired))
-        return ret
-    if __opts__["test"]:
-        ret["result"] = None
-        ret["changes"] = changes
-        ret["comment"] = "{} files would change".format(len(changes))
-        return ret
 
+def _write_files(config_dir, desired, stale, changes):
+    os.makedirs(config_dir, mode=0o755, exist_ok=True)
+    for path, (kind, text, mode) in desired.items():
+        change = changes.get(path)
+        if not change:
+            continue
+        if "diff" in change or "new" in change:
+            _write(path, text, mode)
+        else:
+            os.chmod(path, int(mode, 8))
+    for path in stale:
+        os.unlink(path)
+
+
+def _live_changes(plan, desired, stale):
+    """The running pluto's side of the reconcile (None: pluto not running)."""
+    if not __salt__["ipsec_pluto.running"]():
+        return None
+    old = {path: _read(path)[0] for path in list(desired) + stale}
+    new = {path: text for path, (kind, text, mode) in desired.items()}
+    loaded = __salt__["ipsec_pluto.loaded"]()
+    return __utils__["ipsec_reconcile.diff"](old, new, loaded, plan["prefix"])
+
+
+def _apply_live(live, old_texts, desired):
+    """Change pluto by the diff: secrets first (new conns find their PSK),
+    then deletes, one batched add for new and changed conns, then starts.
+
+    A conn pluto rejects fails the state naming it; if it replaced an older
+    definition, that file's old text is put back and re-added, so what ran
+    before keeps running."""
+    if live["secrets_changed"]:
+        __salt__["ipsec_pluto.rereadsecrets"]()
+    if live["delete"] or live["ignore"]:
+        __salt__["ipsec_pluto.delete"](live["delete"] + live["ignore"])
+    to_add = live["add"] + live["replace"]
+    if to_add:
+        try:
+            __salt__["ipsec_pluto.add"](to_add)
+        except CommandExecutionError as exc:
+            rejected = (getattr(exc, "info", None) or {}).get("rejected") or {}
+            _restore_rejected(rejected, live, old_texts, desired)
+            raise
+    if live["start"]:
+        __salt__["ipsec_pluto.initiate"](live["start"])
+    if live["route"]:
+        __salt__["ipsec_pluto.route"](live["route"])
+
+
+def _restore_rejected(rejected, live, old_texts, desired):
+    replaced = [name for name in rejected if name in live["replace"]]
+    if not replaced:
+        return
+    for path, (kind, text, mode) in desired.items():
+        old = old_texts.get(path)
+        if kind == "conf" and old is not None and any("conn {}\n".format(n) in text for n in replaced):
+            _write(path, old, mode)
     try:
-        os.makedirs(config_dir, mode=0o755, exist_ok=True)
-        for path, (kind, text, mode) in desired.items():
-            change = changes.get(path)
-            if not change:
-                continue
-            if "diff" in change or "new" in change:
-                _write(path, text, mode)
-            else:
-                os.chmod(path, int(mode, 8))
-        for path in stale:
-            os.unlink(path)
+        __salt__["ipsec_pluto.add"](replaced)
+    except CommandExecutionError as exc:
+        log.error("could not bring back the previous definition of %s: %s", ", ".join(replaced), exc)
+
+
+def tunnels_managed(name, live=True, **kwargs):
+    """
+    Own the formula's connection and secrets files and reconcile the running
+    pluto with the plan, without restarting it: add new conns, replace
+    changed ones, delete removed ones (one batched ``addconn`` for all
+    additions), re-read secrets when they changed, and initiate the
+    ``auto=start`` conns it added. Unchanged conns are not touched (pluto
+    renegotiates a conn that is added again, even unchanged).
+
+    name
+        Any ID; the files come from the plan, not from arguments.
+    live
+        ``False``: files only (pluto is not asked nor changed).
+
+    Bad pillar fails before any file is touched; the rendered config is
+    checked with ``addconn --checkconfig`` and algparse before it replaces
+    the live files; when pluto rejects a conn the state fails naming it and
+    pluto's message, and a conn it replaced gets its previous definition
+    back. When pluto is not running only the files change (the service
+    state starts it). Secrets files are reported without their content.
+    ``test=True`` lists the files and the conns it would add, replace and
+    delete.
+
+    .. code-block:: yaml
+
+        ipsec-tunnel-files-managed:
+          ipsec.tunnels_managed
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    try:
+        plan, desired = _desired_files()
+        config_dir = __salt__["ipsec.lookup"]()["config_dir"]
+        stale = [p for p in _formula_files(config_dir, plan["prefix"]) if p not in desired]
+        changes = _file_changes(desired, stale)
+        livediff = _live_changes(plan, desired, stale) if live else None
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        ret.update(result=False, comment=str(exc))
+        return ret
+
+    conns = {}
+    if livediff:
+        conns = {k: livediff[k] for k in ("add", "replace", "delete", "ignore") if livediff[k]}
+        if livediff["secrets_changed"]:
+            conns["secrets"] = "re-read"
+    if not changes and not conns:
+        ret["comment"] = "{} files of the plan are in place{}".format(
+            len(desired), ", pluto has every planned conn" if livediff else "")
+        return ret
+    summary = dict(changes)
+    if conns:
+        summary["pluto"] = conns
+    if __opts__["test"]:
+        ret.update(result=None, changes=summary, comment="{} files and {} conns would change".format(
+            len(changes), sum(len(v) for k, v in conns.items() if k != "secrets")))
+        return ret
+
+    conf_texts = {path: desired[path][1] for path in changes if path in desired and desired[path][0] == "conf"}
+    try:
+        problems = __salt__["ipsec_pluto.checkconfig"](conf_texts) if conf_texts else []
+    except CommandExecutionError as exc:
+        problems = [str(exc)]
+    if problems:
+        ret.update(result=False, comment="the rendered config is refused, nothing written: " + "; ".join(problems))
+        return ret
+
+    old_texts = {path: _read(path)[0] for path in desired}
+    try:
+        _write_files(config_dir, desired, stale, changes)
     except OSError as exc:
         # The message names the file, never its content.
-        ret["result"] = False
-        ret["comment"] = "writing {} failed: {}".format(exc.filename or config_dir, exc.strerror)
+        ret.update(result=False, comment="writing {} failed: {}".format(exc.filename or config_dir, exc.strerror))
         return ret
-    ret["changes"] = changes
-    ret["comment"] = "{} files changed".format(len(changes))
+    ret["changes"] = summary
+    if livediff:
+        try:
+            _apply_live(livediff, old_texts, desired)
+        except CommandExecutionError as exc:
+            ret.update(result=False, comment="files written, but pluto refused: {}".format(exc))
+            return ret
+    ret["comment"] = "{} files and {} conns changed".format(
+        len(changes), sum(len(v) for k, v in conns.items() if k != "secrets"))
     return ret
+
+
+def files_managed(name, **kwargs):
+    """
+    Write the formula's connection and secrets files from the plan, without
+    touching pluto (``ipsec.tunnels_managed`` with ``live: false``).
+
+    .. code-block:: yaml
+
+        ipsec-tunnel-files:
+          ipsec.files_managed
+    """
+    return tunnels_managed(name, live=False)
 
 
 _NO_RETCODE = object()

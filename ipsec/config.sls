@@ -56,6 +56,6 @@ ipsec-secrets-file-includes-formula-secrets:
       - ipsec-package-installed
 
 ipsec-tunnel-files-managed:
-  ipsec.files_managed:
+  ipsec.tunnels_managed:
     - require:
       - ipsec-package-installed

@@ -14,11 +14,11 @@ ipsec-service-running:
     - require:
       - ipsec-nss-db-initialised
       - ipsec-secrets-file-includes-formula-secrets
-    # Config changes restart pluto (TripleO restarted on every run; this
-    # only on change).
+      - ipsec-tunnel-files-managed
+    # Tunnels change live, without a restart (ipsec.tunnels_managed); only a
+    # change of `config setup` in ipsec.conf needs pluto restarted.
     - watch:
       - ipsec-config-file-managed
-      - ipsec-tunnel-files-managed
 {%- else %}
 ipsec-service-running:
   test.nop:

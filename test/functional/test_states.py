@@ -219,7 +219,12 @@ def test_default_lookup_renders_package_nss_and_service(salt_node):
     service = data["ipsec-service-running"]["service"]
     assert "running" in service and {"name": "ipsec"} in service and {"enable": True} in service
     watch = [item["watch"] for item in service if isinstance(item, dict) and "watch" in item][0]
-    assert "ipsec-tunnel-files-managed" in watch
+    require = [item["require"] for item in service if isinstance(item, dict) and "require" in item][0]
+    # Hitless: tunnel changes go to the running pluto, only `config setup`
+    # changes restart it.
+    assert watch == ["ipsec-config-file-managed"]
+    assert "ipsec-tunnel-files-managed" in require
+    assert "tunnels_managed" in data["ipsec-tunnel-files-managed"]["ipsec"]
     nss = data["ipsec-nss-db-initialised"]["cmd"]
     assert {"creates": "/var/lib/ipsec/nss/cert9.db"} in nss
     assert {"name": "/usr/sbin/ipsec initnss --nssdir /var/lib/ipsec/nss"} in nss
