@@ -19,6 +19,8 @@ demo: deps
 
 bench: deps
 	$(PY) bench/plan_bench.py
+	$(PY) bench/status_bench.py
+	$(PY) bench/apply_bench.py
 
 deps: debs venv
 
