@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBS := $(shell sed -e 's/\#.*//' debian-packages.txt)
+VM_DEBS := $(shell sed -e 's/\#.*//' debian-packages-vm.txt)
 PYTEST_ARGS ?=
 
 .PHONY: test demo bench deps debs venv clean
@@ -25,12 +26,18 @@ bench: deps
 deps: debs venv
 
 # Install the Debian packages that are missing (apt-get needs root).
-debs:
-	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+define install_missing
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(2) $$missing; \
 	fi
+endef
+
+debs:
+	$(call install_missing,$(DEBS),)
+	$(call install_missing,$(VM_DEBS),--no-install-recommends)
 
 venv: $(STAMP)
 
