@@ -465,22 +465,32 @@ def _address_order(text):
     return address.version, int(address)
 
 
+def _conn_keywords(net, major, ends, tail):
+    """Keywords of one conn in the order every conn shares: tunnel and auth,
+    the two ends, IKE version, proposals, then the role's own ``tail``;
+    the pillar's overrides last."""
+    left, leftid, right, rightid = ends
+    keywords = {
+        "type": "tunnel",
+        "authby": "secret",
+        "left": left,
+        "leftid": leftid,
+        "right": right,
+        "rightid": rightid,
+    }
+    keywords.update(_ike_version_keywords(major))
+    keywords.update(_algorithm_keywords(major, net.algorithm, net.ike_algorithm))
+    keywords["failureshunt"] = "drop"
+    keywords.update(tail)
+    return _apply_options(keywords, net.options)
+
+
 def _node_to_node(net, own, peer_address, prefix, major):
     # Both ends sort the pair the same way, so both derive the same name.
     low, high = sorted((own, peer_address), key=_address_order)
     name = "{}-{}-{}-{}".format(prefix, net.name, low, high)
-    keywords = {
-        "type": "tunnel",
-        "authby": "secret",
-        "left": own,
-        "leftid": own,
-        "right": peer_address,
-        "rightid": peer_address,
-    }
-    keywords.update(_ike_version_keywords(major))
-    keywords.update(_algorithm_keywords(major, net.algorithm, net.ike_algorithm))
-    keywords.update({"failureshunt": "drop", "retransmit-timeout": "2s", "auto": "start"})
-    return name, _apply_options(keywords, net.options)
+    tail = {"retransmit-timeout": "2s", "auto": "start"}
+    return name, _conn_keywords(net, major, (own, own, peer_address, peer_address), tail)
 
 
 def _vip_ids(prefix, vip_name):
@@ -489,39 +499,17 @@ def _vip_ids(prefix, vip_name):
 
 def _vip_server(net, vip_name, address, prefix, major):
     vip_id, cluster_id = _vip_ids(prefix, vip_name)
-    keywords = {
-        "type": "tunnel",
-        "authby": "secret",
-        "left": address,
-        "leftid": vip_id,
-        "right": "%any",
-        "rightid": cluster_id,
-    }
-    keywords.update(_ike_version_keywords(major))
-    keywords.update(_algorithm_keywords(major, net.algorithm, net.ike_algorithm))
-    keywords["failureshunt"] = "drop"
-    keywords.update(_liveness_keywords(major, "hold"))
-    keywords["auto"] = "add"
-    return "{}-{}-vip-tunnel".format(prefix, vip_name), _apply_options(keywords, net.options)
+    tail = dict(_liveness_keywords(major, "hold"), auto="add")
+    return "{}-{}-vip-tunnel".format(prefix, vip_name), _conn_keywords(
+        net, major, (address, vip_id, "%any", cluster_id), tail)
 
 
 def _vip_client(net, vip_name, address, own, prefix, major):
     vip_id, cluster_id = _vip_ids(prefix, vip_name)
-    keywords = {
-        "type": "tunnel",
-        "authby": "secret",
-        "left": own,
-        "leftid": cluster_id,
-        "right": address,
-        "rightid": vip_id,
-    }
-    keywords.update(_ike_version_keywords(major))
-    keywords.update(_algorithm_keywords(major, net.algorithm, net.ike_algorithm))
-    keywords["failureshunt"] = "drop"
     # restart, not hold: hold blocked traffic after a VIP failover.
-    keywords.update(_liveness_keywords(major, "restart"))
-    keywords["auto"] = "start"
-    return "{}-{}-node-to-vip-tunnel".format(prefix, vip_name), _apply_options(keywords, net.options)
+    tail = dict(_liveness_keywords(major, "restart"), auto="start")
+    return "{}-{}-node-to-vip-tunnel".format(prefix, vip_name), _conn_keywords(
+        net, major, (own, cluster_id, address, vip_id), tail)
 
 
 def _file_path(config_dir, prefix, label, kind):
