@@ -173,7 +173,7 @@ def test_stale_formula_files_removed_unrelated_files_kept(node):
     assert len(removed) == 4 and all(c == {"removed": "not in the plan any more"} for c in removed.values())
 
 
-def test_psk_never_in_outputs_logs_or_other_files(node, tmp_path):
+def test_psk_never_in_outputs_logs_or_other_files(node, tmp_path, namespace_factory):
     log_file = tmp_path / "minion-debug.log"
     debug = ["--log-level=debug", "--log-file={}".format(log_file), "--log-file-level=all"]
     outputs = []
@@ -187,6 +187,18 @@ def test_psk_never_in_outputs_logs_or_other_files(node, tmp_path):
         result = node.call(*(debug + args))
         assert result.returncode == 0, result.stdout
         outputs.append(result.stdout + result.stderr)
+    # verify and status with pluto running on what the formula wrote (a
+    # running pluto has the PSK in memory: its answers must not carry it).
+    ns = namespace_factory("psk")
+    ns.add_stub(["198.51.100.10/25", "198.51.100.130/25", "203.0.113.10/24", "2001:db8:0:1::10/64"])
+    pluto = Pluto(node.layout.root, ns.name).start()
+    try:
+        for args, expected_rc in ((["ipsec.verify", "level=ike"], 1), (["ipsec.status", "traffic=True"], 0)):
+            result = node.call(*(debug + args))
+            assert result.returncode == expected_rc, result.stdout
+            outputs.append(result.stdout + result.stderr)
+    finally:
+        pluto.stop()
     # A failing run (after the PSK is in place) must not leak it either.
     pillar = examples.pillar(lookup=node.layout.lookup(), algorithm="vanity-null")
     node.set_pillar(pillar)

@@ -46,6 +46,10 @@ class Pluto:
         return subprocess.run(self._cmd([IPSEC] + list(args)), capture_output=True, text=True, check=check)
 
     def start(self, timeout=10):
+        if not self.netns:
+            # A pluto in the host namespace would send IKE to the planned
+            # peers over the host's own network: never.
+            raise RuntimeError("an isolated pluto only starts inside a network namespace")
         if not os.path.exists(os.path.join(self.nss_dir, "cert9.db")):
             self.run("initnss", "--nssdir", self.nss_dir, check=True)
         cmd = self._cmd([
