@@ -22,23 +22,17 @@ import sys
 import tempfile
 import time
 
-import netaddr
 import yaml
 
 from labkit import examples, netns, saltenv
-from labkit.pluto import Pluto
+from labkit.mesh import MASTER_ADDRESS, Mesh, MeshNode
 
 BIN = os.path.dirname(sys.executable)
-MASTER_ADDRESS = "198.51.100.129"
 
 
-class LabNode:
-    def __init__(self, lab, node_id, addresses):
-        self.id = node_id
-        self.addresses = addresses
-        self.root = os.path.join(lab.workdir, node_id)
-        self.ns = netns.Namespace(node_id.replace("controller", "ctl").replace("compute", "cmp"))
-        self.pluto = Pluto(os.path.join(self.root, "pluto"), self.ns.name)
+class LabNode(MeshNode):
+    def __init__(self, workdir, node_id, addresses):
+        super().__init__(workdir, node_id, addresses)
         self.conf_dir = os.path.join(self.root, "salt")
         self.minion = None
 
@@ -62,42 +56,25 @@ class LabNode:
 
 
 class Lab:
-    """The example cluster (labkit.examples.THREE_NODES) on a bridged mesh."""
+    """The example cluster (labkit.examples.THREE_NODES) on a bridged mesh
+    (labkit.mesh), driven by a salt-master."""
 
     def __init__(self, nodes=examples.THREE_NODES, vip_holder="controller-0", workdir=None):
         netns.sweep_stale()
         self.workdir = workdir or tempfile.mkdtemp(prefix="ipsec-lab-")
+        self.vip_holder = vip_holder
+        self.mesh = None
         self.nodes = {}
         self.switch = None
         self.master = None
         self.master_dir = os.path.join(self.workdir, "master")
         self.pillar_dir = os.path.join(self.workdir, "pillar")
         try:
-            self._build(nodes, vip_holder)
+            self.mesh = Mesh(self.workdir, nodes, vip_holder, node_class=LabNode)
+            self.nodes, self.switch = self.mesh.nodes, self.mesh.switch
         except BaseException:
             self.close()
             raise
-
-    # --- network -----------------------------------------------------------
-
-    def _build(self, nodes, vip_holder):
-        self.switch = netns.Namespace("switch")
-        prefixes = {name: net["cidr"].split("/")[1] for name, net in examples.NETWORKS.items()}
-        for network in examples.NETWORKS:
-            bridge = _bridge(network)
-            self.switch.exec(["ip", "link", "add", bridge, "type", "bridge"])
-            self.switch.exec(["ip", "link", "set", bridge, "up"])
-        self.switch.add_address(_bridge("ctlplane"), "{}/{}".format(MASTER_ADDRESS, prefixes["ctlplane"]))
-        vips = [net["vip"] for net in examples.NETWORKS.values() if net.get("vip")] + [examples.REDIS_VIP]
-        for node_id, addresses in nodes.items():
-            node = LabNode(self, node_id, addresses)
-            self.nodes[node_id] = node
-            for network, address in sorted(addresses.items()):
-                extra = []
-                if node_id == vip_holder:
-                    extra = ["{}/{}".format(v, 32 if ":" not in v else 128) for v in vips if _in(v, network)]
-                _, port = netns.link(node.ns, self.switch, ["{}/{}".format(address, prefixes[network])] + extra, [])
-                self.switch.exec(["ip", "link", "set", port, "master", _bridge(network)])
 
     # --- salt --------------------------------------------------------------
 
@@ -135,16 +112,54 @@ class Lab:
         if not self.wait(lambda: set(self.salt("*", "test.ping", timeout=5)[1] or {}) >= expected, timeout, 2):
             raise RuntimeError("minions did not answer the master within {}s".format(timeout))
 
-    def salt(self, target, function, *args, timeout=120):
-        """``salt <target> <function> <args>`` on the master: (retcode, {minion: return})."""
+    def salt(self, target, function, *args, timeout=120, tgt_type=None):
+        """``salt <target> <function> <args>`` on the master: (retcode, {minion: return}).
+        tgt_type: "list" for a comma-separated list of minion ids."""
+        flags = {None: [], "glob": [], "list": ["-L"]}[tgt_type]
         cmd = ["ip", "netns", "exec", self.switch.name, os.path.join(BIN, "salt"), "-c", self.master_dir,
-               "--out=json", "--static", "--timeout={}".format(timeout), target, function] + list(args)
+               "--out=json", "--timeout={}".format(timeout)] + flags + [target, function] + list(args)
+        # Not --static: with it, salt 3008 exits 0 even when a minion
+        # returns a non-zero retcode. Without it, one JSON document per minion.
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60)
+        data, text, decoder = {}, result.stdout.strip(), json.JSONDecoder()
         try:
-            data = json.loads(result.stdout) if result.stdout.strip() else {}
-        except ValueError:
+            while text:
+                part, end = decoder.raw_decode(text)
+                data.update(part)
+                text = text[end:].lstrip()
+        except (ValueError, TypeError, AttributeError):
             data = None
         return result.returncode, data
+
+    def write_example_pillar(self):
+        """The example's ``ipsec`` pillar, peers from the mine
+        (``ipsec.addresses``), each node pointed at its own pluto."""
+        common = {
+            "ipsec": examples.pillar(inventory=False),
+            "mine_functions": {"ipsec.addresses": []},
+        }
+        # The lab's nodes are namespaces: their firewall is theirs to change.
+        common["ipsec"]["firewall"] = {"manage": True}
+        self.write_pillar(common, lambda node: {"ipsec": {"lookup": node.pluto.lookup()}})
+
+    def deploy(self, log=None):
+        """What an operator does: pillar, salt up, ``saltutil.sync_all``,
+        ``mine.update``, ``state.apply ipsec``, then every pluto started.
+        Returns each node's ``ipsec.plan``. log(step, seconds, data)."""
+        self.write_example_pillar()
+        self.start_salt()
+        plans = None
+        for command in (["saltutil.sync_all"], ["mine.update"], ["state.apply", "ipsec"], ["ipsec.plan"]):
+            started = time.monotonic()
+            rc, data = self.salt("*", *command)
+            if log:
+                log(" ".join(command), time.monotonic() - started, rc, data)
+            if rc != 0 or set(data or {}) != set(self.nodes):
+                raise RuntimeError("salt '*' {} failed (rc={}): {}".format(
+                    " ".join(command), rc, json.dumps(data, indent=1)[:3000]))
+            plans = data
+        self.start_plutos()
+        return plans
 
     # --- tunnels ---------------------------------------------------------------
 
@@ -180,10 +195,8 @@ class Lab:
         for process in daemons:
             if process is not None:
                 process.wait(5)
-        for node in self.nodes.values():
-            node.ns.close()
-        if self.switch:
-            self.switch.close()
+        if self.mesh:
+            self.mesh.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self):
@@ -191,14 +204,6 @@ class Lab:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _bridge(network):
-    return "br-" + network[:11]
-
-
-def _in(address, network):
-    return netaddr.IPAddress(address) in netaddr.IPNetwork(examples.NETWORKS[network]["cidr"])
 
 
 def _write_sls(path, data, shebang=True):
