@@ -119,6 +119,9 @@ def esp_phase(lab, plans):
         facts.get("udp_rounds"), sum(len(s) for s in facts["udp"].values()), labvm.COUNT,
         sum(u["echoed"] for u in ctl), sum(u["sent"] for u in ctl),
         "; LOST on {}".format(lost) if lost else ""))
+    if facts.get("renegotiated"):
+        print("renegotiated once after crossed negotiations left them dropping traffic: {}".format(
+            ", ".join("{} {}".format(n, c) for n, c in facts["renegotiated"])))
     call = facts.get("salt_call")
     if call:
         print("salt-call --local ipsec.verify level=child on {} in the VM: rc={} result={} ({:.0f}s): {}".format(
