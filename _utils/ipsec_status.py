@@ -64,6 +64,22 @@ _STATE_LINE_RE = re.compile(
 _UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
 
+def _quoted_name(text):
+    """``"name"[1][2]...`` at the start of ``text`` -> (base, instance
+    suffix, index after it), or None when the quotes or brackets are
+    unbalanced."""
+    end = text.find('"', 1)
+    if end < 0:
+        return None
+    pos = end + 1
+    while pos < len(text) and text[pos] == "[":
+        close = text.find("]", pos)
+        if close < 0:
+            return None
+        pos = close + 1
+    return text[1:end], text[end + 1:pos], pos
+
+
 def _fail(problem):
     raise SaltInvocationError("ipsec status: " + problem)
 
@@ -122,18 +138,11 @@ class _Parser:
         return conn
 
     def connection_line(self, line):
-        end = line.find('"', 1)
-        if end < 0:
+        name = _quoted_name(line)
+        if name is None:
             return False
-        base = line[1:end]
-        pos = end + 1
+        base, instance, pos = name
         length = len(line)
-        while pos < length and line[pos] == "[":
-            close = line.find("]", pos)
-            if close < 0:
-                return False
-            pos = close + 1
-        instance = line[end + 1:pos]
         key = base + instance
         if pos < length and line[pos] == ":":
             body = line[pos + 1:]
@@ -203,18 +212,11 @@ class _Parser:
             return True
         if not rest.startswith('"'):
             return False
-        end = rest.find('"', 1)
-        if end < 0:
+        name = _quoted_name(rest)
+        if name is None:
             return False
-        base = rest[1:end]
-        pos = end + 1
-        length = len(rest)
-        while pos < length and rest[pos] == "[":
-            close = rest.find("]", pos)
-            if close < 0:
-                return False
-            pos = close + 1
-        key = base + rest[end + 1:pos]
+        base, instance, pos = name
+        key = base + instance
         tail = rest[pos:]
         if tail.startswith(":"):
             # '#2: "c":500 STATE_... (text); ...'

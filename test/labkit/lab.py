@@ -47,12 +47,7 @@ class LabNode(MeshNode):
             "random_reauth_delay": 0,
             "mine_interval": 1,
         }
-        with open(os.path.join(self.conf_dir, "minion"), "w") as handle:
-            yaml.safe_dump(config, handle)
-        self.minion = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns.name, os.path.join(BIN, "salt-minion"), "-c", self.conf_dir,
-             "--log-level=quiet"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.minion = _start_daemon(self.ns.name, "salt-minion", self.conf_dir, config)
 
 
 class Lab:
@@ -100,12 +95,7 @@ class Lab:
             "pillar_roots": {"base": [self.pillar_dir]},
             "log_level_logfile": "info",
         }
-        with open(os.path.join(self.master_dir, "master"), "w") as handle:
-            yaml.safe_dump(config, handle)
-        self.master = subprocess.Popen(
-            ["ip", "netns", "exec", self.switch.name, os.path.join(BIN, "salt-master"), "-c", self.master_dir,
-             "--log-level=quiet"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.master = _start_daemon(self.switch.name, "salt-master", self.master_dir, config)
         for node in self.nodes.values():
             node.start_minion()
         expected = set(self.nodes)
@@ -212,3 +202,14 @@ def _write_sls(path, data, shebang=True):
             # Plain YAML: Salt logs Jinja-rendered pillar at debug level.
             handle.write("#!yaml\n")
         yaml.safe_dump(data, handle, default_flow_style=False)
+
+
+def _start_daemon(netns_name, program, conf_dir, config):
+    """Write ``<conf_dir>/minion|master`` and start the Salt daemon in the
+    namespace (``ip netns exec`` execs it, so the pid is the daemon's)."""
+    os.makedirs(conf_dir, exist_ok=True)
+    with open(os.path.join(conf_dir, program.split("-")[1]), "w") as handle:
+        yaml.safe_dump(config, handle)
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns_name, os.path.join(BIN, program), "-c", conf_dir, "--log-level=quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
