@@ -9,6 +9,7 @@ longer has, and never shows the content of a secrets file.
 
 import difflib
 import fnmatch
+import ipaddress
 import logging
 import os
 import stat
@@ -142,13 +143,41 @@ def _live_changes(plan, desired, stale):
     return __utils__["ipsec_reconcile.diff"](old, new, loaded, plan["prefix"])
 
 
-def _apply_live(live, old_texts, desired):
+def _held_vip_clients(plan):
+    """The plan's VIP client conns whose VIP this node holds now (a live
+    look at its addresses, not the grains cached at minion start). Pluto
+    cannot initiate them: both ends are local ("cannot identify ourselves
+    with either end"). The VIP's server conn serves it here, and the OCF
+    agent brings the client conn up when the VIP leaves."""
+    clients = {name: conn["peer"] for name, conn in plan["connections"].items() if conn["role"] == "vip-client"}
+    if not clients:
+        return set()
+    local = set()
+    for address in __salt__["network.ip_addrs"]() + __salt__["network.ip_addrs6"]():
+        local.add(ipaddress.ip_address(address.split("%", 1)[0]))
+    return {name for name, vip in clients.items() if ipaddress.ip_address(vip) in local}
+
+
+def _bring_up(start, route, held=()):
+    """Initiate the auto=start conns, route the auto=route|ondemand ones:
+    addconn does neither (pluto does it only for what it loads at start-up).
+    ``held``: VIP client conns not to initiate (see _held_vip_clients)."""
+    start = [name for name in start if name not in held]
+    if start:
+        __salt__["ipsec_pluto.initiate"](start)
+    if route:
+        __salt__["ipsec_pluto.route"](route)
+
+
+def _apply_live(live, old_texts, desired, held=()):
     """Change pluto by the diff: secrets first (new conns find their PSK),
     then deletes, one batched add for new and changed conns, then starts.
 
-    A conn pluto rejects fails the state naming it; if it replaced an older
-    definition, that file's old text is put back and re-added, so what ran
-    before keeps running."""
+    A conn pluto rejects fails the state naming it and pluto's message. If
+    it replaced an older definition, addconn has already purged that one
+    with its SAs: the file's old text is put back, re-added and brought up
+    again, so what ran before keeps running. The conns pluto took are
+    brought up all the same (the next run finds them unchanged)."""
     if live["secrets_changed"]:
         __salt__["ipsec_pluto.rereadsecrets"]()
     if live["delete"] or live["ignore"]:
@@ -158,27 +187,46 @@ def _apply_live(live, old_texts, desired):
         try:
             __salt__["ipsec_pluto.add"](to_add)
         except CommandExecutionError as exc:
-            rejected = (getattr(exc, "info", None) or {}).get("rejected") or {}
-            _restore_rejected(rejected, live, old_texts, desired)
-            raise
-    if live["start"]:
-        __salt__["ipsec_pluto.initiate"](live["start"])
-    if live["route"]:
-        __salt__["ipsec_pluto.route"](live["route"])
+            info = getattr(exc, "info", None) or {}
+            restored = _restore_rejected(info.get("rejected") or {}, live, old_texts, desired)
+            message = exc.error
+            if restored:
+                message += "; previous definition restored: " + ", ".join(sorted(restored))
+            # Bring up what pluto has now, as on success. The restored conns
+            # too: addconn initiates nothing, and while an auto=start peer
+            # revives a node-to-node tunnel when told of the purge, the far
+            # end of a VIP client conn (auto=add) never initiates.
+            took = set(info.get("added") or [])
+            start = [n for n in live["start"] if n in took] + [n for n, a in restored.items() if a == "start"]
+            route = [n for n in live["route"] if n in took] + [
+                n for n, a in restored.items() if a in ("route", "ondemand")]
+            try:
+                _bring_up(start, route, held)
+            except CommandExecutionError as more:
+                message += "; " + more.error
+            raise CommandExecutionError(message) from exc
+    _bring_up(live["start"], live["route"], held)
 
 
 def _restore_rejected(rejected, live, old_texts, desired):
+    """Put back the old file text of the rejected conns that replaced a
+    loaded one and re-add them; ``{name: auto}`` of those pluto took back."""
     replaced = [name for name in rejected if name in live["replace"]]
     if not replaced:
-        return
+        return {}
+    autos = {}
     for path, (kind, text, mode) in desired.items():
         old = old_texts.get(path)
         if kind == "conf" and old is not None and any("conn {}\n".format(n) in text for n in replaced):
             _write(path, old, mode)
+            for name, keywords in __utils__["ipsec_reconcile.parse_conf"](old).items():
+                autos[name] = keywords.get("auto")
     try:
-        __salt__["ipsec_pluto.add"](replaced)
+        back = __salt__["ipsec_pluto.add"](replaced)["added"]
     except CommandExecutionError as exc:
         log.error("could not bring back the previous definition of %s: %s", ", ".join(replaced), exc)
+        back = (getattr(exc, "info", None) or {}).get("added") or []
+    return {name: autos.get(name) for name in back}
 
 
 def tunnels_managed(name, live=True, **kwargs):
@@ -198,11 +246,13 @@ def tunnels_managed(name, live=True, **kwargs):
     Bad pillar fails before any file is touched; the rendered config is
     checked with ``addconn --checkconfig`` and algparse before it replaces
     the live files; when pluto rejects a conn the state fails naming it and
-    pluto's message, and a conn it replaced gets its previous definition
-    back. When pluto is not running only the files change (the service
-    state starts it). Secrets files are reported without their content.
-    ``test=True`` lists the files and the conns it would add, replace and
-    delete.
+    pluto's message, and a conn it replaced (pluto has already purged the
+    old definition and its SAs) gets its previous definition back, in its
+    file and in pluto, and is initiated (or routed) again; the comment
+    names the restored conns. When pluto is not running only the files
+    change (the service state starts it). Secrets files are reported
+    without their content. ``test=True`` lists the files and the conns it
+    would add, replace and delete.
 
     .. code-block:: yaml
 
@@ -254,14 +304,18 @@ def tunnels_managed(name, live=True, **kwargs):
         ret.update(result=False, comment="writing {} failed: {}".format(exc.filename or config_dir, exc.strerror))
         return ret
     ret["changes"] = summary
+    held = set()
     if livediff:
         try:
-            _apply_live(livediff, old_texts, desired)
+            held = _held_vip_clients(plan) & set(livediff["start"])
+            _apply_live(livediff, old_texts, desired, held)
         except CommandExecutionError as exc:
             ret.update(result=False, comment="files written, but pluto refused: {}".format(exc))
             return ret
     ret["comment"] = "{} files and {} conns changed".format(
         len(changes), sum(len(v) for k, v in conns.items() if k != "secrets"))
+    if held:
+        ret["comment"] += "; not initiated while this node holds their VIP: " + ", ".join(sorted(held))
     return ret
 
 

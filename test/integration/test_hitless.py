@@ -9,6 +9,8 @@ Evidence is the IKE SA serial numbers pluto reports: a renegotiated tunnel
 gets a new one.
 """
 
+import os
+import re
 import time
 
 import pytest
@@ -27,7 +29,7 @@ ADDRESSES = {
 NETWORKS = {"internal_api": {"cidr": "198.51.100.0/25"}, "storage": {"cidr": "203.0.113.0/24"}}
 
 
-def pillar(layout, members, storage_algorithm=None):
+def pillar(layout, members, storage_algorithm=None, lookup=None):
     networks = {name: dict(net) for name, net in NETWORKS.items()}
     if storage_algorithm:
         networks["storage"]["algorithm"] = storage_algorithm
@@ -38,7 +40,7 @@ def pillar(layout, members, storage_algorithm=None):
         "cluster": {"detect": False},
         "firewall": {"manage": False},
         "conn_options": {"retransmit-timeout": "60s"},
-        "lookup": layout.lookup(),
+        "lookup": dict(layout.lookup(), **(lookup or {})),
     }
 
 
@@ -49,7 +51,8 @@ class Node:
     def apply(self, members, **kwargs):
         saltenv.write_pillar(self.factory.pillar_dir, pillar(self.pluto, members, **kwargs))
         result = self.factory.salt_call_cli(timeout=180).run("--local", "state.apply", "ipsec")
-        assert isinstance(result.data, dict), result.stdout + result.stderr
+        self.output = result.stdout + result.stderr
+        assert isinstance(result.data, dict), self.output
         return result.returncode, {v["__id__"]: v for v in result.data.values()}
 
     def serials(self):
@@ -176,3 +179,71 @@ def test_apply_changes_only_what_changed_in_the_running_pluto(mesh):
     for marker in ("added IKEv2 connection", "deleting connection", "terminating SAs"):
         assert marker not in told
     assert settled([nodes["n1"]])["n1"] == changed["n1"]
+
+
+def test_a_conn_pluto_rejects_fails_the_state_and_what_ran_before_comes_back(mesh):
+    """Without algparse on the node nothing checks a proposal before pluto:
+    pluto's addconn purges the loaded storage conn (its SAs are deleted),
+    then rejects the new definition. The state fails naming the conn and
+    pluto's message; the file's old text is put back, re-added and
+    initiated; internal_api is not touched."""
+    no_algparse = {"algparse": "/nonexistent/libexec/ipsec/algparse"}
+    both = ["n1", "n2"]
+    nodes = {n: mesh(n) for n in both}
+    for rc, _ in tunnels.in_parallel(*[lambda n=n: nodes[n].apply(both, lookup=no_algparse) for n in both]):
+        assert rc == 0
+    for node in nodes.values():
+        node.pluto.start()
+
+    def all_up():
+        return nodes["n1"].up(["n2"]) and nodes["n2"].up(["n1"])
+
+    tunnels.wait_until(all_up, 40, 0.5, "n1-n2 up")
+    before = settled(nodes.values())
+    n1 = nodes["n1"]
+    planned = set(tunnel_names("n1", ["n2"]))
+    storage = sorted(c for c in planned if "-storage-" in c)
+    conf = os.path.join(n1.pluto.config_dir, "overcloud-storage-node-to-node-tunnels.conf")
+    with open(conf, "rb") as handle:
+        old_conf = handle.read()
+    minion_log = os.path.join(n1.factory.config["root_dir"], n1.factory.config["log_file"])
+    log_sizes = len(n1.pluto.log()), os.path.getsize(minion_log)
+
+    rc, states = n1.apply(both, storage_algorithm="aes_gcm128-sha1", lookup=no_algparse)
+    assert rc != 0
+    state = states["ipsec-tunnel-files-managed"]
+    assert state["result"] is False
+    aead = "AEAD ESP encryption algorithm AES_GCM_16 must have 'NONE' as the integrity algorithm"
+    for conn in storage:
+        assert '{}: "{}": failed to add connection: {}'.format(conn, conn, aead) in state["comment"], state
+    assert state["comment"].endswith("; previous definition restored: " + ", ".join(storage)), state
+    with open(minion_log, encoding="utf-8", errors="replace") as handle:
+        handle.seek(log_sizes[1])
+        logged = handle.read()
+    # Why it reached pluto, in the minion's log (salt-call here logs only
+    # critical messages to the console).
+    assert "ipsec_pluto.checkconfig: algparse not found: esp=aes_gcm128-sha1 not checked" in logged
+    assert PSK not in n1.output and PSK not in logged
+
+    with open(conf, "rb") as handle:
+        assert handle.read() == old_conf
+    assert n1.pluto.connection_names() == planned
+    # What pluto did: purged the old definitions (SAs deleted, the peer
+    # told), rejected the new ones; the old ones were added back and n1
+    # initiated them (addconn alone would not). internal_api: untouched.
+    told = n1.pluto.log()[log_sizes[0]:]
+    for conn in storage:
+        purged = told.index('"{}": terminating SAs using this connection'.format(conn))
+        rejected = told.index('"{}": failed to add connection: {}'.format(conn, aead), purged)
+        added = told.index('"{}": added IKEv2 connection'.format(conn), rejected)
+        assert re.search(r'"{}" #\d+: initiating IKEv2 connection'.format(re.escape(conn)), told[added:]), told
+    assert not any(c in told for c in planned if "-internal_api-" in c), told
+
+    tunnels.wait_until(all_up, 40, 0.5, "the restored storage tunnels up again")
+    after = settled(nodes.values())
+    for node_id in both:
+        for conn, serials in before[node_id].items():
+            if "-internal_api-" in conn:
+                assert after[node_id][conn] == serials, (node_id, conn, "internal_api renegotiated")
+            else:
+                assert after[node_id][conn] != serials, (node_id, conn, "storage was not purged?")
