@@ -36,6 +36,16 @@ THREE_NODES = {
         "tenant": "2001:db8:0:1::20",
     },
 }
+# A node that joins the running example cluster (the lab's hitless apply):
+# a second compute node, on internal_api and tenant like compute-0.
+JOINING = {
+    "compute-1": {
+        "ctlplane": "198.51.100.141",
+        "internal_api": "198.51.100.21",
+        "tenant": "2001:db8:0:1::21",
+    },
+}
+FOUR_NODES = dict(THREE_NODES, **JOINING)
 CLUSTER_NODES = ["controller-0", "controller-1"]
 REDIS_VIP = "198.51.100.101"
 

@@ -58,6 +58,7 @@ class Lab:
         netns.sweep_stale()
         self.workdir = workdir or tempfile.mkdtemp(prefix="ipsec-lab-")
         self.vip_holder = vip_holder
+        self.network_options = {}
         self.mesh = None
         self.nodes = {}
         self.switch = None
@@ -102,6 +103,17 @@ class Lab:
         if not self.wait(lambda: set(self.salt("*", "test.ping", timeout=5)[1] or {}) >= expected, timeout, 2):
             raise RuntimeError("minions did not answer the master within {}s".format(timeout))
 
+    def add_node(self, node_id, addresses, timeout=90):
+        """A node joins the running lab: its namespace on the bridges, its
+        pillar (its own pluto), its minion, accepted by the master and
+        answering. Its pluto is not started."""
+        node = self.mesh.add_node(node_id, addresses)
+        self.write_example_pillar()
+        node.start_minion()
+        if not self.wait(lambda: node_id in (self.salt(node_id, "test.ping", timeout=5)[1] or {}), timeout, 2):
+            raise RuntimeError("{} did not answer the master within {}s".format(node_id, timeout))
+        return node
+
     def salt(self, target, function, *args, timeout=120, tgt_type=None):
         """``salt <target> <function> <args>`` on the master: (retcode, {minion: return}).
         tgt_type: "list" for a comma-separated list of minion ids."""
@@ -121,13 +133,19 @@ class Lab:
             data = None
         return result.returncode, data
 
-    def write_example_pillar(self):
+    def write_example_pillar(self, network_options=None):
         """The example's ``ipsec`` pillar, peers from the mine
-        (``ipsec.addresses``), each node pointed at its own pluto."""
+        (``ipsec.addresses``), each node pointed at its own pluto.
+        network_options: {network: {key: value}} merged into
+        ``ipsec:networks`` (kept for later calls; None: keep the last)."""
+        if network_options is not None:
+            self.network_options = network_options
         common = {
             "ipsec": examples.pillar(inventory=False),
             "mine_functions": {"ipsec.addresses": []},
         }
+        for network, options in self.network_options.items():
+            common["ipsec"]["networks"][network].update(options)
         # The lab's nodes are namespaces: their firewall is theirs to change.
         common["ipsec"]["firewall"] = {"manage": True}
         self.write_pillar(common, lambda node: {"ipsec": {"lookup": node.pluto.lookup()}})

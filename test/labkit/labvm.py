@@ -121,47 +121,73 @@ def _row(node_id, conn, name, peer, now, was):
     }
 
 
-def _prepare_salt_call(lab, job_dir, node_id):
-    """A masterless minion config for one node (the example's inventory
-    pillar instead of the mine, the node's own pluto): the VM runs
-    ``salt-call --local ipsec.verify`` with it."""
+def _prepare_salt_call(lab, job_dir, node_id, ipsec_pillar=None, name="salt-call"):
+    """A masterless minion config for one node under JOB_DIR/<name> (the
+    example's inventory pillar instead of the mine, the node's own pluto):
+    the VM runs ``salt-call --local`` with it."""
     import yaml
     from labkit import saltenv
     node = lab.nodes[node_id]
-    base = os.path.join(job_dir, "salt-call")
+    base = os.path.join(job_dir, name)
     pillar_dir = os.path.join(base, "pillar")
     os.makedirs(pillar_dir, exist_ok=True)
     config = saltenv.minion_overrides(pillar_dir)
-    config.update({"id": node_id, "root_dir": "/tmp/salt-call-root", "log_level_logfile": "quiet"})
+    config.update({"id": node_id, "root_dir": "/tmp/{}-root".format(name), "log_level_logfile": "quiet"})
     with open(os.path.join(base, "minion"), "w") as handle:
         yaml.safe_dump(config, handle)
     with open(os.path.join(pillar_dir, "top.sls"), "w") as handle:
         yaml.safe_dump({"base": {"*": ["ipsec"]}}, handle)
+    if ipsec_pillar is None:
+        ipsec_pillar = examples.pillar()
     with open(os.path.join(pillar_dir, "ipsec.sls"), "w") as handle:
         handle.write("#!yaml\n")
-        yaml.safe_dump({"ipsec": examples.pillar(lookup=node.pluto.lookup())}, handle)
+        yaml.safe_dump({"ipsec": dict(ipsec_pillar, lookup=node.pluto.lookup())}, handle)
     with open(os.path.join(base, "node"), "w") as handle:
         handle.write(node_id)
+    return base
+
+
+def _salt_call_in(mesh, base, *args, timeout=600):
+    """Start ``salt-call --local -c BASE ARGS`` in the node's namespace (the
+    node named in BASE/node): (node_id, Popen, started)."""
+    with open(os.path.join(base, "node"), encoding="utf-8") as handle:
+        node_id = handle.read().strip()
+    node = mesh.nodes[node_id]
+    cmd = ["ip", "netns", "exec", node.ns.name, os.path.join(os.path.dirname(sys.executable), "salt-call"),
+           "--local", "-c", base, "--out=json", "--retcode-passthrough"] + list(args)
+    out, err = open(os.path.join(base, "stdout"), "w"), open(os.path.join(base, "stderr"), "w")
+    return node_id, subprocess.Popen(cmd, stdout=out, stderr=err), time.monotonic()
+
+
+def _salt_call_result(base, process, started, timeout=600):
+    try:
+        process.wait(max(1, timeout - (time.monotonic() - started)))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+    with open(os.path.join(base, "stdout"), encoding="utf-8") as handle:
+        stdout = handle.read()
+    with open(os.path.join(base, "stderr"), encoding="utf-8") as handle:
+        stderr = handle.read()
+    entry = {"returncode": process.returncode, "seconds": round(time.monotonic() - started, 1),
+             "stderr": stderr[-2000:]}
+    try:
+        entry["data"] = json.loads(stdout)["local"]
+    except (ValueError, KeyError, TypeError):
+        entry["stdout"] = stdout[-3000:]
+    return entry
 
 
 def _salt_call(mesh, job_dir, facts):
     base = os.path.join(job_dir, "salt-call")
     if not os.path.exists(os.path.join(base, "node")):
         return
-    with open(os.path.join(base, "node"), encoding="utf-8") as handle:
-        node_id = handle.read().strip()
-    node = mesh.nodes[node_id]
-    started = time.monotonic()
-    result = subprocess.run(["ip", "netns", "exec", node.ns.name, os.path.join(os.path.dirname(sys.executable),
-                             "salt-call"), "--local", "-c", base, "--out=json", "--retcode-passthrough",
-                             "ipsec.verify", "level=child"], capture_output=True, text=True, timeout=300)
-    entry = {"node": node_id, "returncode": result.returncode, "seconds": round(time.monotonic() - started, 1),
-             "stderr": result.stderr[-2000:]}
-    try:
-        verdict = json.loads(result.stdout)["local"]
+    node_id, process, started = _salt_call_in(mesh, base, "ipsec.verify", "level=child")
+    entry = _salt_call_result(base, process, started, timeout=300)
+    verdict = entry.pop("data", None)
+    entry["node"] = node_id
+    if isinstance(verdict, dict):
         entry.update(result=verdict.get("result"), comment=verdict.get("comment"))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        entry["stdout"] = result.stdout[-3000:]
     facts["salt_call"] = entry
 
 
@@ -170,16 +196,26 @@ def run(lab, plans, job_dir, timeout=VM_TIMEOUT, prefer_vm=None, salt_call_node=
     in a VM (or directly on a kernel with ESP). Returns (vm.Result, facts).
     salt_call_node: also run one real ``salt-call --local ipsec.verify``
     there (None: skip; ~30 s in the VM)."""
-    from labkit import vm
+    write_job(job_dir, plans, {"workdir": lab.workdir, "vip_holder": lab.vip_holder})
+    if salt_call_node:
+        _prepare_salt_call(lab, job_dir, salt_call_node)
+    return run_job("labkit.labvm", job_dir, prefer_vm=prefer_vm, timeout=timeout)
+
+
+def write_job(job_dir, plans, params):
+    """JOB_DIR/plans.json and params.json, what ``read_job`` reads in the VM."""
     os.makedirs(job_dir, exist_ok=True)
     with open(os.path.join(job_dir, "plans.json"), "w") as handle:
         json.dump(plans, handle)
     with open(os.path.join(job_dir, "params.json"), "w") as handle:
-        json.dump({"workdir": lab.workdir, "vip_holder": lab.vip_holder}, handle)
-    if salt_call_node:
-        _prepare_salt_call(lab, job_dir, salt_call_node)
-    result = vm.run([sys.executable, "-m", "labkit.labvm", job_dir], prefer_vm=prefer_vm, job_dir=job_dir,
-                    cwd=TEST_DIR, timeout=timeout)
+        json.dump(params, handle)
+
+
+def run_job(module, job_dir, **vm_kwargs):
+    """``python -m MODULE JOB_DIR`` in a VM (labkit.vm.run: directly on a
+    kernel with ESP): (vm.Result, the facts it wrote in JOB_DIR/facts.json)."""
+    from labkit import vm
+    result = vm.run([sys.executable, "-m", module, job_dir], job_dir=job_dir, cwd=TEST_DIR, **vm_kwargs)
     facts = {}
     path = os.path.join(job_dir, "facts.json")
     if os.path.exists(path):
@@ -215,9 +251,11 @@ def _snapshot(mesh, job_dir, when):
                node.ns.exec(["ip", "-s", "xfrm", "state"], check=False).stdout)
 
 
-def _traffic(mesh, plans, vip_holder, job_dir, facts):
+def _traffic(mesh, plans, vip_holder, job_dir, facts, name="udp"):
+    """UDP across every tunnel (JOB_DIR/<name>/ for the servers' files):
+    facts["udp"], ["udp_rounds"], ["udp_lost"], ["renegotiated"]."""
     udp = os.path.join(HERE, "udpecho.py")
-    work = os.path.join(job_dir, "udp")
+    work = os.path.join(job_dir, name)
     os.makedirs(work, exist_ok=True)
     stop = os.path.join(work, "stop")
     servers = []
@@ -283,7 +321,7 @@ def _renegotiate(mesh, plans, lost, facts):
 def _send_round(mesh, plans, vip_holder, udp, work, round_no):
     senders = []
     for node_id, node in mesh.nodes.items():
-        pairs = traffic_pairs(plans, node_id, vip_holder)
+        pairs = traffic_pairs(plans, node_id, vip_holder, mesh_nodes(mesh))
         out = os.path.join(work, "{}.{}.json".format(node_id, round_no))
         senders.append((node_id, pairs, out, subprocess.Popen(
             ["ip", "netns", "exec", node.ns.name, sys.executable, udp, "send", out, str(PORT), str(COUNT)]
@@ -312,8 +350,69 @@ def _child_serials(mesh):
     return out
 
 
+def mesh_nodes(mesh):
+    """{node: {network: address}} of the nodes the mesh has now."""
+    return {node_id: node.addresses for node_id, node in mesh.nodes.items()}
+
+
 def _vips():
     return [net["vip"] for net in examples.NETWORKS.values() if net.get("vip")] + [examples.REDIS_VIP]
+
+
+def clear_run_state(node):
+    """The host's pluto of this node may still run (or left its pid file):
+    in the VM these are the VM's own copies (overlay)."""
+    for name in os.listdir(node.pluto.rundir):
+        os.unlink(os.path.join(node.pluto.rundir, name))
+    if os.path.exists(node.pluto.logfile):
+        os.unlink(node.pluto.logfile)
+
+
+def wait_child_up(mesh, plans, timeout=UP_TIMEOUT):
+    """Wait until every node's Child-level verdict passes, then until the
+    set of Child SAs stops changing (crossed negotiations replace each
+    other for a while). Returns the last verdicts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        verdicts = _verdicts(mesh, plans)
+        if all(v["result"] for v in verdicts.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    previous, settle_end = None, time.monotonic() + SETTLE
+    while time.monotonic() < settle_end:
+        current = _child_serials(mesh)
+        if current == previous:
+            break
+        previous = current
+        time.sleep(4)
+    return verdicts
+
+
+def summary(verdicts):
+    return {n: {"result": v["result"], "comment": v["comment"]} for n, v in verdicts.items()}
+
+
+def stop_plutos(mesh, job_dir):
+    """Stop every pluto and save its log to JOB_DIR/<node>/pluto.log."""
+    for node in mesh.nodes.values():
+        if node.pluto.process is not None and node.pluto.process.poll() is None:
+            node.pluto.process.terminate()
+    for node_id, node in mesh.nodes.items():
+        if node.pluto.process is not None:
+            try:
+                node.pluto.process.wait(20)
+            except subprocess.TimeoutExpired:
+                node.pluto.process.kill()
+                node.pluto.process.wait(5)
+        _write(os.path.join(job_dir, node_id, "pluto.log"), node.pluto.log())
+
+
+def read_job(job_dir):
+    with open(os.path.join(job_dir, "plans.json"), encoding="utf-8") as handle:
+        plans = json.load(handle)
+    with open(os.path.join(job_dir, "params.json"), encoding="utf-8") as handle:
+        params = json.load(handle)
+    return plans, params
 
 
 def vm_main(job_dir):
@@ -324,39 +423,19 @@ def vm_main(job_dir):
     def mark(name):
         facts["timings"][name] = round(time.monotonic() - started, 1)
 
-    with open(os.path.join(job_dir, "plans.json"), encoding="utf-8") as handle:
-        plans = json.load(handle)
-    with open(os.path.join(job_dir, "params.json"), encoding="utf-8") as handle:
-        params = json.load(handle)
+    plans, params = read_job(job_dir)
     mesh = None
     try:
         mesh = Mesh(params["workdir"], vip_holder=params["vip_holder"])
         mark("mesh")
         for node in mesh.nodes.values():
-            # The host's pluto of this node may still run (or left its pid
-            # file): in the VM these are the VM's own copies (overlay).
-            for name in os.listdir(node.pluto.rundir):
-                os.unlink(os.path.join(node.pluto.rundir, name))
-            if os.path.exists(node.pluto.logfile):
-                os.unlink(node.pluto.logfile)
+            clear_run_state(node)
         for node in mesh.nodes.values():
             node.pluto.start(timeout=120)
         mark("plutos")
-        deadline = time.monotonic() + UP_TIMEOUT
-        while True:
-            verdicts = _verdicts(mesh, plans)
-            if all(v["result"] for v in verdicts.values()) or time.monotonic() > deadline:
-                break
-            time.sleep(2)
-        previous, settle_end = None, time.monotonic() + SETTLE
-        while time.monotonic() < settle_end:
-            current = _child_serials(mesh)
-            if current == previous:
-                break
-            previous = current
-            time.sleep(4)
+        verdicts = wait_child_up(mesh, plans)
         mark("settled")
-        facts["up_verdicts"] = {n: {"result": v["result"], "comment": v["comment"]} for n, v in verdicts.items()}
+        facts["up_verdicts"] = summary(verdicts)
         mark("up")
         _snapshot(mesh, job_dir, "before")
         _traffic(mesh, plans, params["vip_holder"], job_dir, facts)
@@ -369,17 +448,7 @@ def vm_main(job_dir):
         facts["error"] = traceback.format_exc()
     finally:
         if mesh is not None:
-            for node_id, node in mesh.nodes.items():
-                if node.pluto.process is not None and node.pluto.process.poll() is None:
-                    node.pluto.process.terminate()
-            for node_id, node in mesh.nodes.items():
-                if node.pluto.process is not None:
-                    try:
-                        node.pluto.process.wait(20)
-                    except subprocess.TimeoutExpired:
-                        node.pluto.process.kill()
-                        node.pluto.process.wait(5)
-                _write(os.path.join(job_dir, node_id, "pluto.log"), node.pluto.log())
+            stop_plutos(mesh, job_dir)
             mesh.close()
         mark("total")
         _write(os.path.join(job_dir, "facts.json"), json.dumps(facts, indent=1))

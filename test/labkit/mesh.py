@@ -30,6 +30,10 @@ def all_vips():
     return [net["vip"] for net in examples.NETWORKS.values() if net.get("vip")] + [examples.REDIS_VIP]
 
 
+def _prefix(network):
+    return examples.NETWORKS[network]["cidr"].split("/")[1]
+
+
 def host_prefix(address):
     return "{}/{}".format(address, 128 if ":" in address else 32)
 
@@ -78,21 +82,28 @@ class Mesh:
 
     def _build(self, nodes, vip_holder, node_class):
         self.switch = netns.Namespace("switch")
-        prefixes = {name: net["cidr"].split("/")[1] for name, net in examples.NETWORKS.items()}
+        self.vip_holder = vip_holder
+        self.node_class = node_class
         for network in examples.NETWORKS:
             self.switch.exec(["ip", "link", "add", bridge(network), "type", "bridge"])
             self.switch.exec(["ip", "link", "set", bridge(network), "up"])
-        self.switch.add_address(bridge("ctlplane"), "{}/{}".format(MASTER_ADDRESS, prefixes["ctlplane"]))
+        self.switch.add_address(bridge("ctlplane"), "{}/{}".format(MASTER_ADDRESS, _prefix("ctlplane")))
         for node_id, addresses in nodes.items():
-            node = node_class(self.workdir, node_id, addresses)
-            self.nodes[node_id] = node
-            for network, address in sorted(addresses.items()):
-                extra = []
-                if node_id == vip_holder:
-                    extra = [host_prefix(v) for v in all_vips() if in_network(v, network)]
-                dev, port = netns.link(node.ns, self.switch, ["{}/{}".format(address, prefixes[network])] + extra, [])
-                node.devs[network] = dev
-                self.switch.exec(["ip", "link", "set", port, "master", bridge(network)])
+            self.add_node(node_id, addresses)
+
+    def add_node(self, node_id, addresses):
+        """A node joins: its namespace, a veth into the bridge of every
+        network it is on (the VIPs too on the VIP holder). Returns it."""
+        node = self.node_class(self.workdir, node_id, addresses)
+        self.nodes[node_id] = node
+        for network, address in sorted(addresses.items()):
+            extra = []
+            if node_id == self.vip_holder:
+                extra = [host_prefix(v) for v in all_vips() if in_network(v, network)]
+            dev, port = netns.link(node.ns, self.switch, ["{}/{}".format(address, _prefix(network))] + extra, [])
+            node.devs[network] = dev
+            self.switch.exec(["ip", "link", "set", port, "master", bridge(network)])
+        return node
 
     def namespaces(self):
         return ([self.switch.name] if self.switch else []) + [node.ns.name for node in self.nodes.values()]

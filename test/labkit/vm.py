@@ -794,6 +794,8 @@ def run(script, prefer_vm=None, **kwargs):
     if prefer_vm is None:
         prefer_vm = os.environ.get("IPSEC_VM_FORCE") == "1"
     if not prefer_vm and host_has_esp():
+        for vm_only in ("cpus", "memory_mb"):
+            kwargs.pop(vm_only, None)
         return run_on_host(script, **kwargs)
     return run_in_vm(script, **kwargs)
 
