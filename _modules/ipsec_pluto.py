@@ -314,14 +314,20 @@ def add(names, config=None, chunk_bytes=CHUNK_BYTES):
     return {"added": added, "warnings": warnings}
 
 
-def _each(names, args, verb):
-    """Run ``whack --name N ARGS`` for each name; raise naming the failures."""
+def _each(names, args, verb, unanswered_ok=False):
+    """Run ``whack --name N ARGS`` for each name; raise naming the failures
+    (``unanswered_ok``: a negotiation the peer has not answered is logged,
+    not a failure)."""
     names = _names(names)
     paths = _lookup()
+    utils = __utils__
     done, failed = [], {}
     for name in names:
         stdout = _whack(paths, ["--name", name] + list(args))
-        errors = __utils__["ipsec_reconcile.whack_errors"](stdout)
+        errors = utils["ipsec_reconcile.whack_errors"](stdout, unanswered_ok)
+        if unanswered_ok and not errors:
+            for line in utils["ipsec_reconcile.whack_errors"](stdout):
+                log.info("ipsec_pluto.%s %s: %s (pluto keeps trying)", verb, name, line)
         if errors:
             failed[name] = "; ".join(errors)
         else:
@@ -357,7 +363,10 @@ def initiate(names):
     Start negotiating conns without waiting for the peers
     (``ipsec whack --name N --initiate --asynchronous``, one call per conn,
     ~10 ms each): a peer that does not answer does not block. Raises naming
-    the conns pluto does not know.
+    the conns pluto refuses to initiate (unknown, neither end local, ...).
+    A negotiation the peer does not answer in time is not a failure (whack
+    can stay attached to a Child SA negotiated over an existing IKE SA):
+    pluto keeps the conn and retries; ``ipsec.verify`` tells when it is up.
 
     Returns ``{"initiated": [names]}``.
 
@@ -367,7 +376,7 @@ def initiate(names):
 
         salt '*' ipsec_pluto.initiate '["overcloud-storage-203.0.113.10-203.0.113.11"]'
     """
-    return {"initiated": _each(names, ["--initiate", "--asynchronous"], "initiate")}
+    return {"initiated": _each(names, ["--initiate", "--asynchronous"], "initiate", unanswered_ok=True)}
 
 
 def route(names):

@@ -279,13 +279,21 @@ def parse_addconn(stdout, stderr, names):
     }
 
 
-def whack_errors(stdout):
+# Whack reply codes of a negotiation that is not answered (yet):
+# RC_RETRANSMISSION (010) and RC_NORETRANSMISSION (031, "timeout exceeded").
+# They say nothing against the conn: pluto keeps it and retries.
+NEGOTIATION_CODES = (10, 31)
+
+
+def whack_errors(stdout, unanswered_ok=False):
     """Error replies (codes 10-99) of a whack call, e.g.
-    ``021 no connection named "x"``."""
+    ``021 no connection named "x"``; ``unanswered_ok``: not those of a
+    negotiation the peer has not answered (NEGOTIATION_CODES)."""
+    skip = NEGOTIATION_CODES if unanswered_ok else ()
     errors = []
     for line in (stdout or "").replace("\r", "").splitlines():
         code, text = split_code(line.rstrip())
-        if code is not None and 10 <= code < 100:
+        if code is not None and 10 <= code < 100 and code not in skip:
             errors.append(text)
     return errors
 

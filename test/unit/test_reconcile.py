@@ -281,6 +281,11 @@ def test_whack_errors():
     out = "000 initiating all conns with alias='a9'\n021 no connection named \"a9\"\n181 \"a2\" #1: initiating IKEv2 connection\n"
     assert rec.whack_errors(out) == ['no connection named "a9"']
     assert rec.whack_errors('002 "a2": terminating SAs using this connection\n') == []
+    # A peer that does not answer (yet) is not an error of the conn.
+    slow = ('010 "a2" #36: STATE_V2_ESTABLISHED_IKE_SA: retransmission; will wait 0.5 seconds for response\n'
+            '031 "a2" #36: STATE_V2_ESTABLISHED_IKE_SA: 2 second timeout exceeded after 2 retransmits.\n')
+    assert len(rec.whack_errors(slow)) == 2
+    assert rec.whack_errors(slow + out, unanswered_ok=True) == ['no connection named "a9"']
 
 
 def test_secrets_report_never_repeats_the_secret():
