@@ -205,14 +205,17 @@ def _algparse(proposal):
 
 
 def _check_algorithms(conf, built):
-    """Fail naming the pillar key of the first proposal Libreswan rejects."""
+    """Fail naming the pillar key of the first proposal Libreswan rejects.
+    Without algparse, one warning names every proposal left to pluto."""
+    unchecked = []
     for key, kind, proposal in __utils__["ipsec_plan.algorithm_sources"](conf):
         verdict = _algparse("{}={}".format(kind, proposal))
         if verdict is None:
-            built["warnings"].append("algparse not found: {} {!r} not checked before pluto".format(kind, proposal))
-            return
-        if verdict:
+            unchecked.append("ipsec:{} {}={}".format(key, kind, proposal))
+        elif verdict:
             raise SaltInvocationError("ipsec:{}: Libreswan rejects {!r}: {}".format(key, proposal, verdict))
+    if unchecked:
+        built["warnings"].append("algparse not found: not checked before pluto: " + ", ".join(unchecked))
 
 
 def build(check_algorithms=True):

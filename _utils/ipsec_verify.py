@@ -103,7 +103,8 @@ def _sa_problem(sas, level, remote):
 
 
 NO_CHILD_HINT = ("IKE SAs are up but Child SAs are not: they failed or are still negotiating; a kernel "
-                 "without ESP cannot install them (pluto log: 'Add SA ... Function not implemented'), "
+                 "without ESP cannot install them (pluto log: the responder's 'Add SA ... Function not implemented', "
+                 "the initiator's 'rejected Child SA with TS_UNACCEPTABLE'), "
                  "level=ike checks the IKE SAs only")
 
 

@@ -223,6 +223,8 @@ def test_a_conn_pluto_rejects_fails_the_state_and_what_ran_before_comes_back(mes
     # Why it reached pluto, in the minion's log (salt-call here logs only
     # critical messages to the console).
     assert "ipsec_pluto.checkconfig: algparse not found: esp=aes_gcm128-sha1 not checked" in logged
+    assert "algparse not found: not checked before pluto: " in logged
+    assert "ipsec:networks:storage:algorithm esp=aes_gcm128-sha1" in logged
     assert PSK not in n1.output and PSK not in logged
 
     with open(conf, "rb") as handle:
