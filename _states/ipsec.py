@@ -249,7 +249,9 @@ def tunnels_managed(name, live=True, **kwargs):
     pluto's message, and a conn it replaced (pluto has already purged the
     old definition and its SAs) gets its previous definition back, in its
     file and in pluto, and is initiated (or routed) again; the comment
-    names the restored conns. When pluto is not running only the files
+    names the restored conns (and the changes no longer list that file).
+    On the VIP holder, added or replaced VIP client conns are not initiated
+    (both ends are local there). When pluto is not running only the files
     change (the service state starts it). Secrets files are reported
     without their content. ``test=True`` lists the files and the conns it
     would add, replace and delete.
@@ -310,6 +312,9 @@ def tunnels_managed(name, live=True, **kwargs):
             held = _held_vip_clients(plan) & set(livediff["start"])
             _apply_live(livediff, old_texts, desired, held)
         except CommandExecutionError as exc:
+            # A file whose previous text was put back did not change.
+            for path in [p for p in changes if "diff" in changes[p] and _read(p)[0] == old_texts.get(p)]:
+                del ret["changes"][path]
             ret.update(result=False, comment="files written, but pluto refused: {}".format(exc))
             return ret
     ret["comment"] = "{} files and {} conns changed".format(

@@ -229,6 +229,9 @@ def test_a_conn_pluto_rejects_fails_the_state_and_what_ran_before_comes_back(mes
 
     with open(conf, "rb") as handle:
         assert handle.read() == old_conf
+    # The state's changes say what changed: not that file, put back.
+    assert conf not in state["changes"], state["changes"]
+    assert state["changes"]["pluto"]["replace"] == storage, state["changes"]
     assert n1.pluto.connection_names() == planned
     # What pluto did: purged the old definitions (SAs deleted, the peer
     # told), rejected the new ones; the old ones were added back and n1
