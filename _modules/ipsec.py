@@ -236,8 +236,13 @@ def build(check_algorithms=True):
         built["warnings"].append("Libreswan not installed: planned for {}.x keywords".format(FALLBACK_MAJOR))
     if check_algorithms:
         _check_algorithms(conf, built)
+    # Once per run: the wait state (ipsec.established) builds the plan
+    # again at every poll.
+    warned = __context__.setdefault("ipsec.warned", set())
     for warning in built["warnings"]:
-        log.warning("ipsec plan: %s", warning)
+        if warning not in warned:
+            warned.add(warning)
+            log.warning("ipsec plan: %s", warning)
     return built
 
 

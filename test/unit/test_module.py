@@ -105,3 +105,13 @@ def test_missing_pillar_is_a_clear_error():
     module.__pillar__ = {}
     with pytest.raises(SaltInvocationError, match="ipsec: pillar key is missing"):
         module.plan()
+
+
+def test_plan_warnings_are_logged_once_per_run_but_always_returned(caplog):
+    pillar = examples.pillar(lookup={"algparse": "/nonexistent/algparse"})
+    module = load_module(pillar, grains={"ipv4": examples.own_ips("controller-0")})
+    with caplog.at_level("WARNING"):
+        first, second = module.build(), module.build()
+    expected = "algparse not found: not checked before pluto: ipsec:algorithm (default) esp=aes_gcm128-null"
+    assert expected in first["warnings"] and expected in second["warnings"]
+    assert [r.getMessage() for r in caplog.records].count("ipsec plan: " + expected) == 1
