@@ -6,8 +6,10 @@ Builds the lab (labkit.lab: one network namespace per node, a bridge per
 network, a salt-master on the control-plane bridge, a salt-minion and an
 isolated pluto per node), then does what an operator does:
 ``saltutil.sync_all``, ``mine.update``, ``state.apply ipsec`` (peers come
-from the mine), starts pluto on every node, and checks what pluto reports. Tears everything down at
-the end unless KEEP=1.
+from the mine), starts pluto on every node, and checks what pluto reports;
+then re-applies with nothing changed (hitless: no state changes, no pluto is
+told anything, every SA keeps its serial). Tears everything down at the end
+unless KEEP=1.
 
 Host phase: this machine's kernel has no ESP, so Child SAs cannot be
 installed here; ``salt '*' ipsec.verify level=ike`` shows every IKE SA
@@ -16,7 +18,7 @@ rebuilt in a throwaway VM running Debian's kernel (or directly, on a kernel
 with ESP), the plutos start on the files the formula wrote, UDP datagrams
 cross every tunnel, and the formula's own parser and verify (level=child)
 judge the captured status. Exit 0 only when every tunnel is up with ESP
-traffic both ways.
+traffic both ways and the re-apply was hitless.
 """
 
 import os
@@ -68,6 +70,38 @@ def host_phase(lab, plans):
     for node_id, verdict in sorted((verdicts or {}).items()):
         print("  {:<13} {}".format(node_id, verdict.get("comment") if isinstance(verdict, dict) else verdict))
     return ok and rc == 0
+
+
+def hitless_phase(lab):
+    """Re-apply with nothing changed, as every deploy does: no state
+    changes, no pluto is told anything, no SA renegotiates."""
+    def settled():
+        previous = {}
+
+        def same():
+            current = lab.sa_serials()
+            done = current == previous.get("v")
+            previous["v"] = current
+            return done
+
+        lab.wait(same, timeout=30, interval=3)
+        return previous["v"]
+
+    before, marks = settled(), lab.log_marks()
+    started = time.monotonic()
+    rc, data = lab.salt("*", "state.apply", "ipsec", timeout=300)
+    seconds = time.monotonic() - started
+    changed = sum(1 for states in (data or {}).values() if isinstance(states, dict)
+                  for state in states.values() if state.get("changes"))
+    told = sum(len(lines) for lines in lab.told_since(marks).values())
+    after = lab.sa_serials()
+    total = sum(len(conns) for conns in before.values())
+    kept = sum(1 for node_id, conns in before.items() for conn, sas in conns.items()
+               if after.get(node_id, {}).get(conn) == sas)
+    print("\nhitless re-apply, nothing changed: salt '*' state.apply ipsec rc={} ({:.1f}s): {} states changed, "
+          "{} state-changing calls in the pluto logs, {}/{} conns kept their SAs (same serials)".format(
+              rc, seconds, changed, told, kept, total))
+    return rc == 0 and changed == 0 and told == 0 and kept == total
 
 
 def _bytes(value):
@@ -139,9 +173,12 @@ def main():
             len(lab.nodes), ", ".join(examples.NETWORKS)), flush=True)
         plans = lab.deploy(log=log_step)
         ike_ok = host_phase(lab, plans)
+        hitless_ok = hitless_phase(lab)
         esp_ok = esp_phase(lab, plans)
         print()
         print("IKE (host, salt '*' ipsec.verify level=ike): {}".format("PASS" if ike_ok else "FAIL"))
+        print("hitless re-apply (nothing changed, nothing told, no SA renegotiated): {}".format(
+            "PASS" if hitless_ok else "FAIL"))
         print("ESP (every tunnel: IKE + Child SA + ESP bytes both ways, verify level=child): {}".format(
             "PASS" if esp_ok else "FAIL"))
         print("demo took {:.0f}s".format(time.monotonic() - started))
@@ -153,7 +190,7 @@ def main():
                 lab.switch.name, os.path.join(os.path.dirname(sys.executable), "salt"), lab.master_dir))
             print("tear down: pkill -9 -f {0} ; for ns in {1}; do ip netns del $ns; done ; rm -rf {0}".format(
                 lab.workdir, " ".join(lab.mesh.namespaces())))
-        return 0 if ike_ok and esp_ok else 1
+        return 0 if ike_ok and hitless_ok and esp_ok else 1
     finally:
         if not keep:
             lab.close()

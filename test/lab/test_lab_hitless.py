@@ -31,8 +31,6 @@ from labkit import examples, labjoin
 from labkit.lab import Lab
 
 TUNNEL_STATE = "ipsec-tunnel-files-managed"
-# What pluto logs when it is told to change something.
-STATE_CHANGING = ("added IKEv2 connection", "terminating SAs", "loading secrets from")
 JOINING = examples.JOINING
 NEW = sorted(JOINING)[0]
 UP_TIMEOUT = 120
@@ -63,22 +61,6 @@ def apply(lab, *args):
     return rc, states
 
 
-def sa_serials(lab):
-    """{node: {conn: {"ike": [...], "child": [...]}}} of established SAs,
-    from the formula's own ``ipsec.status``."""
-    rc, data = lab.salt("*", "ipsec.status")
-    assert rc == 0 and set(data) == set(lab.nodes), data
-    out = {}
-    for node_id, status in data.items():
-        out[node_id] = {}
-        for name, conn in status["connections"].items():
-            ike = sorted(sa["serial"] for sa in conn["ike_sas"] if sa["established"])
-            child = sorted(sa["serial"] for sa in conn["child_sas"] if sa["established"])
-            if ike or child:
-                out[node_id][name] = {"ike": ike, "child": child}
-    return out
-
-
 def settled(lab, timeout=40):
     """Serials once two captures 3 s apart agree (both ends initiate: a
     duplicate IKE SA can exist for a moment before pluto drops it)."""
@@ -86,25 +68,12 @@ def settled(lab, timeout=40):
 
     def same():
         nonlocal previous
-        current = sa_serials(lab)
+        current = lab.sa_serials()
         done, previous = current == previous, current
         return done
 
     lab.wait(same, timeout=timeout, interval=3)
     return previous
-
-
-def log_marks(lab):
-    return {node_id: len(node.pluto.log()) for node_id, node in lab.nodes.items()}
-
-
-def told_since(lab, marks):
-    """{node: [state-changing lines pluto logged since marks]}."""
-    out = {}
-    for node_id, node in lab.nodes.items():
-        lines = node.pluto.log()[marks.get(node_id, 0):].splitlines()
-        out[node_id] = [line for line in lines if any(marker in line for marker in STATE_CHANGING)]
-    return out
 
 
 def files_digest(lab):
@@ -150,7 +119,7 @@ def lab(tmp_path_factory):
 
 def test_reapply_without_change_changes_nothing_and_tells_pluto_nothing(lab):
     before = settled(lab)
-    marks = log_marks(lab)
+    marks = lab.log_marks()
     rc, states = apply(lab)
     assert rc == 0, states
     for node_id, node_states in states.items():
@@ -158,7 +127,7 @@ def test_reapply_without_change_changes_nothing_and_tells_pluto_nothing(lab):
             assert state["result"] is True, (node_id, state_id, state["comment"])
             assert state["changes"] == {}, (node_id, state_id, state["changes"])
         assert "pluto has every planned conn" in node_states[TUNNEL_STATE]["comment"]
-    assert told_since(lab, marks) == {node_id: [] for node_id in lab.nodes}
+    assert lab.told_since(marks) == {node_id: [] for node_id in lab.nodes}
     assert settled(lab) == before
 
 
@@ -168,7 +137,7 @@ def joined(lab):
     its minion, ``saltutil.sync_all`` there, ``mine.update`` everywhere,
     ``state.apply ipsec`` everywhere, then its pluto starts."""
     before = settled(lab)
-    marks = log_marks(lab)
+    marks = lab.log_marks()
     for node_id, addresses in JOINING.items():
         lab.add_node(node_id, addresses)
     assert lab.salt(NEW, "saltutil.sync_all")[0] == 0
@@ -185,7 +154,7 @@ def joined(lab):
     after = settled(lab)
     labjoin.save_files(lab, "after", lab.job)
     return {"before": before, "after": after, "states": states, "predicted": predicted,
-            "told": told_since(lab, marks), "plans": plans}
+            "told": lab.told_since(marks), "plans": plans}
 
 
 def new_conns(lab, joined, node_id):
@@ -325,7 +294,7 @@ def test_algorithm_change_replaces_only_that_networks_conns(lab, joined):
 
 
 def test_bad_override_fails_everywhere_before_anything_is_touched(lab, joined):
-    before, digest, marks = settled(lab), files_digest(lab), log_marks(lab)
+    before, digest, marks = settled(lab), files_digest(lab), lab.log_marks()
     try:
         lab.write_example_pillar({"storage": {"algorithm": "aes_gcm128-sha1"}})
         rc, states = apply(lab)
@@ -335,7 +304,7 @@ def test_bad_override_fails_everywhere_before_anything_is_touched(lab, joined):
             assert "ipsec:networks:storage:algorithm: Libreswan rejects 'aes_gcm128-sha1'" in text, (node_id, text)
             assert examples.PSK not in text
         assert files_digest(lab) == digest
-        assert told_since(lab, marks) == {node_id: [] for node_id in lab.nodes}
+        assert lab.told_since(marks) == {node_id: [] for node_id in lab.nodes}
         assert settled(lab) == before
     finally:
         lab.write_example_pillar({"storage": {"algorithm": "aes_gcm256-null"}})

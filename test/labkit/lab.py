@@ -171,6 +171,51 @@ class Lab:
 
     # --- tunnels ---------------------------------------------------------------
 
+    # What pluto logs when it is told to change something (an add, a
+    # delete, a secrets re-read).
+    STATE_CHANGING = ("added IKEv2 connection", "terminating SAs", "loading secrets from")
+
+    def sa_serials(self):
+        """{node: {conn: {"ike": [...], "child": [...]}}} of the established
+        SAs, from the formula's own ``salt '*' ipsec.status`` (a
+        renegotiated SA gets a new serial)."""
+        rc, data = self.salt("*", "ipsec.status")
+        if rc != 0 or set(data or {}) != set(self.nodes):
+            raise RuntimeError("salt '*' ipsec.status failed (rc={}): {}".format(rc, str(data)[:2000]))
+        out = {}
+        for node_id, status in data.items():
+            out[node_id] = {}
+            for name, conn in status["connections"].items():
+                ike = sorted(sa["serial"] for sa in conn["ike_sas"] if sa["established"])
+                child = sorted(sa["serial"] for sa in conn["child_sas"] if sa["established"])
+                if ike or child:
+                    out[node_id][name] = {"ike": ike, "child": child}
+        return out
+
+    def log_marks(self):
+        """Where each pluto's log ends now (for ``told_since``)."""
+        return {node_id: len(node.pluto.log()) for node_id, node in self.nodes.items()}
+
+    def told_since(self, marks):
+        """{node: [state-changing lines its pluto logged since marks]}.
+
+        Not pluto's own periodic re-orientation: on the VIP holder a client
+        conn has both ends local, and now and then (its DDNS/orientation
+        check) pluto logs 'two interfaces match "X"' and then terminates
+        the SAs X does not have; nobody told it anything."""
+        out = {}
+        for node_id, node in self.nodes.items():
+            lines = node.pluto.log()[marks.get(node_id, 0):].splitlines()
+            told, previous = [], ""
+            for line in lines:
+                own = "terminating SAs" in line and "two interfaces match" in previous and \
+                    previous.split('"')[1:2] == line.split('"')[1:2]
+                if any(marker in line for marker in self.STATE_CHANGING) and not own:
+                    told.append(line)
+                previous = line
+            out[node_id] = told
+        return out
+
     def start_plutos(self):
         for node in self.nodes.values():
             node.pluto.start()
