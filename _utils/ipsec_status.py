@@ -268,15 +268,17 @@ class _Parser:
         if "isakmp#" in tail or "newest ISAKMP" in tail or "newest IPSEC" in tail:
             self.markers.add("3")
         conn = self.connections.get(key) or self._conn(key)
+        record = {
+            "serial": serial,
+            "established": verdict[0],
+            "state": enum,
+            "text": human,
+            "peer": peer,
+            "port": port,
+            "newest": "; newest" in tail,
+        }
         if verdict[1]:
-            record = {
-                "serial": serial,
-                "established": verdict[0],
-                "state": enum,
-                "text": human,
-                "peer": peer,
-                "port": port,
-                "newest": "; newest" in tail,
+            record.update({
                 "ike_sa": parent_serial,
                 "eroute_owner": "eroute owner" in tail,
                 "protocol": None,
@@ -285,7 +287,7 @@ class _Parser:
                 "in_bytes": None,
                 "out_bytes": None,
                 "bytes_exact": False,
-            }
+            })
             existing = self.states.get(serial)
             if existing is not None and existing.get("_detail_only"):
                 # Detail line came first (never seen, but cheap to allow).
@@ -294,15 +296,6 @@ class _Parser:
                 conn["child_sas"].remove(existing)
             conn["child_sas"].append(record)
         else:
-            record = {
-                "serial": serial,
-                "established": verdict[0],
-                "state": enum,
-                "text": human,
-                "peer": peer,
-                "port": port,
-                "newest": "; newest" in tail,
-            }
             conn["ike_sas"].append(record)
         self.states[serial] = record
 
