@@ -75,19 +75,7 @@ def host_phase(lab, plans):
 def hitless_phase(lab):
     """Re-apply with nothing changed, as every deploy does: no state
     changes, no pluto is told anything, no SA renegotiates."""
-    def settled():
-        previous = {}
-
-        def same():
-            current = lab.sa_serials()
-            done = current == previous.get("v")
-            previous["v"] = current
-            return done
-
-        lab.wait(same, timeout=30, interval=3)
-        return previous["v"]
-
-    before, marks = settled(), lab.log_marks()
+    before, marks = lab.settled_serials(timeout=30), lab.log_marks()
     started = time.monotonic()
     rc, data = lab.salt("*", "state.apply", "ipsec", timeout=300)
     seconds = time.monotonic() - started

@@ -61,21 +61,6 @@ def apply(lab, *args):
     return rc, states
 
 
-def settled(lab, timeout=40):
-    """Serials once two captures 3 s apart agree (both ends initiate: a
-    duplicate IKE SA can exist for a moment before pluto drops it)."""
-    previous = None
-
-    def same():
-        nonlocal previous
-        current = lab.sa_serials()
-        done, previous = current == previous, current
-        return done
-
-    lab.wait(same, timeout=timeout, interval=3)
-    return previous
-
-
 def files_digest(lab):
     digest = {}
     for node_id, node in lab.nodes.items():
@@ -118,7 +103,7 @@ def lab(tmp_path_factory):
 
 
 def test_reapply_without_change_changes_nothing_and_tells_pluto_nothing(lab):
-    before = settled(lab)
+    before = lab.settled_serials()
     marks = lab.log_marks()
     rc, states = apply(lab)
     assert rc == 0, states
@@ -128,7 +113,7 @@ def test_reapply_without_change_changes_nothing_and_tells_pluto_nothing(lab):
             assert state["changes"] == {}, (node_id, state_id, state["changes"])
         assert "pluto has every planned conn" in node_states[TUNNEL_STATE]["comment"]
     assert lab.told_since(marks) == {node_id: [] for node_id in lab.nodes}
-    assert settled(lab) == before
+    assert lab.settled_serials() == before
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +121,7 @@ def joined(lab):
     """compute-1 joins the running lab the way an operator adds a node:
     its minion, ``saltutil.sync_all`` there, ``mine.update`` everywhere,
     ``state.apply ipsec`` everywhere, then its pluto starts."""
-    before = settled(lab)
+    before = lab.settled_serials()
     marks = lab.log_marks()
     for node_id, addresses in JOINING.items():
         lab.add_node(node_id, addresses)
@@ -151,7 +136,7 @@ def joined(lab):
     rc, plans = lab.salt("*", "ipsec.plan")
     assert rc == 0 and set(plans) == set(lab.nodes)
     wait_verified(lab)
-    after = settled(lab)
+    after = lab.settled_serials()
     labjoin.save_files(lab, "after", lab.job)
     return {"before": before, "after": after, "states": states, "predicted": predicted,
             "told": lab.told_since(marks), "plans": plans}
@@ -264,7 +249,7 @@ def test_esp_join_every_tunnel_carries_traffic_before_and_after(lab, joined, esp
 # -------------------------------------------- algorithm change, bad input
 
 def test_algorithm_change_replaces_only_that_networks_conns(lab, joined):
-    before = settled(lab)
+    before = lab.settled_serials()
     lab.write_example_pillar({"storage": {"algorithm": "aes_gcm256-null"}})
     rc, states = apply(lab)
     assert rc == 0, json.dumps(failures(states), indent=1)
@@ -281,7 +266,7 @@ def test_algorithm_change_replaces_only_that_networks_conns(lab, joined):
         held = "not initiated while this node holds their VIP: overcloud-storage-node-to-vip-tunnel"
         assert (held in node_states[TUNNEL_STATE]["comment"]) == (node_id == lab.vip_holder), node_states
     wait_verified(lab)
-    after = settled(lab)
+    after = lab.settled_serials()
     renegotiated = 0
     for node_id, conns in before.items():
         for conn, sas in conns.items():
@@ -294,7 +279,7 @@ def test_algorithm_change_replaces_only_that_networks_conns(lab, joined):
 
 
 def test_bad_override_fails_everywhere_before_anything_is_touched(lab, joined):
-    before, digest, marks = settled(lab), files_digest(lab), lab.log_marks()
+    before, digest, marks = lab.settled_serials(), files_digest(lab), lab.log_marks()
     try:
         lab.write_example_pillar({"storage": {"algorithm": "aes_gcm128-sha1"}})
         rc, states = apply(lab)
@@ -305,6 +290,6 @@ def test_bad_override_fails_everywhere_before_anything_is_touched(lab, joined):
             assert examples.PSK not in text
         assert files_digest(lab) == digest
         assert lab.told_since(marks) == {node_id: [] for node_id in lab.nodes}
-        assert settled(lab) == before
+        assert lab.settled_serials() == before
     finally:
         lab.write_example_pillar({"storage": {"algorithm": "aes_gcm256-null"}})

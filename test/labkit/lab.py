@@ -24,7 +24,7 @@ import time
 
 import yaml
 
-from labkit import examples, netns, saltenv
+from labkit import examples, netns, saltenv, tunnels
 from labkit.mesh import MASTER_ADDRESS, Mesh, MeshNode
 
 BIN = os.path.dirname(sys.executable)
@@ -176,21 +176,27 @@ class Lab:
     STATE_CHANGING = ("added IKEv2 connection", "terminating SAs", "loading secrets from")
 
     def sa_serials(self):
-        """{node: {conn: {"ike": [...], "child": [...]}}} of the established
-        SAs, from the formula's own ``salt '*' ipsec.status`` (a
-        renegotiated SA gets a new serial)."""
+        """{node: labkit.tunnels.established_serials} from the formula's own
+        ``salt '*' ipsec.status``."""
         rc, data = self.salt("*", "ipsec.status")
         if rc != 0 or set(data or {}) != set(self.nodes):
             raise RuntimeError("salt '*' ipsec.status failed (rc={}): {}".format(rc, str(data)[:2000]))
-        out = {}
-        for node_id, status in data.items():
-            out[node_id] = {}
-            for name, conn in status["connections"].items():
-                ike = sorted(sa["serial"] for sa in conn["ike_sas"] if sa["established"])
-                child = sorted(sa["serial"] for sa in conn["child_sas"] if sa["established"])
-                if ike or child:
-                    out[node_id][name] = {"ike": ike, "child": child}
-        return out
+        return {node_id: tunnels.established_serials(status) for node_id, status in data.items()}
+
+    def settled_serials(self, timeout=40):
+        """``sa_serials`` once two captures 3 s apart agree (both ends
+        initiate: a duplicate IKE SA can exist for a moment before pluto
+        drops it)."""
+        previous = {}
+
+        def same():
+            current = self.sa_serials()
+            done = current == previous.get("v")
+            previous["v"] = current
+            return done
+
+        self.wait(same, timeout=timeout, interval=3)
+        return previous["v"]
 
     def log_marks(self):
         """Where each pluto's log ends now (for ``told_since``)."""

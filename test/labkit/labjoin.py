@@ -35,7 +35,7 @@ import traceback
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from labkit import examples, labvm  # noqa: E402
+from labkit import examples, labvm, tunnels  # noqa: E402
 
 import ipsec_status  # noqa: E402  (labvm put _utils on sys.path)
 
@@ -74,17 +74,8 @@ def run(lab, old_nodes, joining, plans_before, plans_after, job_dir, prefer_vm=N
 
 
 def sa_serials(status_text, traffic_text=None):
-    """{conn: {"ike": [serials], "child": [serials]}} of the established
-    SAs, as the formula's parser reads them (VIP server instances are
-    ``name[N]``)."""
-    status = ipsec_status.parse_status(status_text, traffic_text)
-    out = {}
-    for name, conn in status["connections"].items():
-        ike = sorted(sa["serial"] for sa in conn["ike_sas"] if sa["established"])
-        child = sorted(sa["serial"] for sa in conn["child_sas"] if sa["established"])
-        if ike or child:
-            out[name] = {"ike": ike, "child": child}
-    return out
+    """labkit.tunnels.established_serials of captured status text."""
+    return tunnels.established_serials(ipsec_status.parse_status(status_text, traffic_text))
 
 
 def analyse(job_dir, old_nodes):

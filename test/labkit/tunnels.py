@@ -69,6 +69,20 @@ def in_parallel(*calls):
 
 
 @functools.lru_cache(maxsize=None)
+def established_serials(status):
+    """{conn: {"ike": [serials], "child": [serials]}} of the conns with an
+    established SA, from a parsed status (``ipsec_status.parse_status`` or
+    ``ipsec.status``; VIP server instances are ``name[N]``). A
+    renegotiated SA gets a new serial."""
+    out = {}
+    for name, conn in status["connections"].items():
+        ike = sorted(sa["serial"] for sa in conn["ike_sas"] if sa["established"])
+        child = sorted(sa["serial"] for sa in conn["child_sas"] if sa["established"])
+        if ike or child:
+            out[name] = {"ike": ike, "child": child}
+    return out
+
+
 def esp_available():
     """Whether this kernel can install an ESP SA (AES-GCM, the formula's
     default), probed in a throwaway namespace. The machines this suite was
