@@ -68,7 +68,6 @@ def in_parallel(*calls):
     return results
 
 
-@functools.lru_cache(maxsize=None)
 def established_serials(status):
     """{conn: {"ike": [serials], "child": [serials]}} of the conns with an
     established SA, from a parsed status (``ipsec_status.parse_status`` or
@@ -83,6 +82,7 @@ def established_serials(status):
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def esp_available():
     """Whether this kernel can install an ESP SA (AES-GCM, the formula's
     default), probed in a throwaway namespace. The machines this suite was
