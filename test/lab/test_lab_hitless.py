@@ -226,7 +226,12 @@ def test_esp_join_keeps_every_ike_and_child_sa(esp_join):
     for node_id, node in esp_join["report"].items():
         # Every node-to-node and VIP tunnel had its Child SA before.
         assert node["before"] and all(sas["child"] for sas in node["before"].values()), (node_id, node["before"])
-        assert node["changed"] == {}, (node_id, node["changed"])
+        # No SA a node had is gone: none was renegotiated.
+        assert node["lost"] == {}, (node_id, node["lost"])
+        # A tunnel with one IKE SA and one Child SA is exactly as it was.
+        # Where the first negotiations crossed and pluto kept both SAs,
+        # pluto may go on adding Child SAs by itself; the old ones stay.
+        assert set(node["added"]) <= set(node["crossed"]), (node_id, node["added"], node["crossed"])
 
 
 def test_esp_join_every_tunnel_carries_traffic_before_and_after(lab, joined, esp_join):

@@ -79,15 +79,25 @@ def sa_serials(status_text, traffic_text=None):
 
 
 def analyse(job_dir, old_nodes):
-    """Per old node: the SAs before the join, after it, and every conn
-    whose IKE or Child SA serials changed ({conn: (before, joined)})."""
+    """Per old node: the SAs before the join and after it;
+    ``lost``: {conn: (before, joined)} where an SA the conn had is gone
+    (renegotiated or deleted); ``added``: the same where SAs were added
+    while every old one stayed; ``crossed``: conns that had more than one
+    IKE or Child SA before (both ends initiated and pluto kept both)."""
     report = {}
     for node_id in old_nodes:
         serials = {when: sa_serials(*labvm.read_snapshot(job_dir, node_id, when))
                    for when in ("before", "joined")}
-        changed = {conn: (sas, serials["joined"].get(conn)) for conn, sas in serials["before"].items()
-                   if serials["joined"].get(conn) != sas}
-        report[node_id] = dict(serials, changed=changed)
+        lost, added = {}, {}
+        for conn, sas in serials["before"].items():
+            now = serials["joined"].get(conn) or {"ike": [], "child": []}
+            if any(not set(sas[kind]) <= set(now[kind]) for kind in ("ike", "child")):
+                lost[conn] = (sas, now)
+            elif now != sas:
+                added[conn] = (sas, now)
+        crossed = sorted(conn for conn, sas in serials["before"].items()
+                         if len(sas["ike"]) > 1 or len(sas["child"]) > 1)
+        report[node_id] = dict(serials, lost=lost, added=added, crossed=crossed)
     return report
 
 
