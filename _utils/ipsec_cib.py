@@ -29,13 +29,10 @@ plus a report; the execution module turns the difference into one
 """
 
 import copy
-import re
 import xml.etree.ElementTree as ET
 
 from salt.exceptions import SaltInvocationError
 
-# Same value as ipsec_plan.DEFAULT_RESOURCE_PREFIX (a unit test checks it).
-DEFAULT_RESOURCE_PREFIX = "tripleo-ipsec"
 DEFAULT_MONITOR_INTERVAL = "10s"
 MONITOR_TIMEOUT = "20s"
 AGENT_CLASS = "ocf"
@@ -48,33 +45,8 @@ AGENT_DEFAULTS = {
 }
 # lookup key -> agent parameter
 LOOKUP_PARAMS = (("ctlsocket", "ctlsocket"), ("config_file", "ipsec_conf"), ("ipsec_bin", "ipsec_bin"))
-INTERVAL_RE = re.compile(r"^[0-9]{1,9}(ms|msec|us|usec|s|sec|m|min|h|hr)?$")
 REFERENCE_ATTRIBUTES = ("rsc", "with-rsc", "first", "then")
 RESOURCE_TAGS = ("primitive", "group", "clone", "master", "bundle")
-
-
-def interval(value, key="pacemaker:monitor_interval"):
-    """A pacemaker interval string from pillar (int seconds or '10s', '1min')."""
-    if isinstance(value, bool):
-        raise SaltInvocationError("ipsec:{}: {!r} is not an interval".format(key, value))
-    if isinstance(value, int):
-        value = "{}s".format(value)
-    if not isinstance(value, str) or not INTERVAL_RE.match(value) or not int(re.match(r"\d+", value).group()):
-        raise SaltInvocationError(
-            "ipsec:{}: {!r} is not a pacemaker interval (e.g. 10s, 1min, 30)".format(key, value))
-    return value
-
-
-def options(conf):
-    """The ``ipsec:pacemaker`` settings this module uses, with defaults."""
-    pacemaker = (conf or {}).get("pacemaker") or {}
-    apply_from = pacemaker.get("apply_from")
-    return {
-        "manage": bool(pacemaker.get("manage", False)),
-        "resource_prefix": pacemaker.get("resource_prefix", DEFAULT_RESOURCE_PREFIX),
-        "apply_from": str(apply_from) if apply_from not in (None, "") else None,
-        "monitor_interval": interval(pacemaker.get("monitor_interval", DEFAULT_MONITOR_INTERVAL)),
-    }
 
 
 def agent_name(provider, agent):

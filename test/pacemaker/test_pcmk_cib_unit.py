@@ -1,15 +1,13 @@
 """Unit tests of the pure CIB logic (_utils/ipsec_cib.py): desired objects,
 reconcile (create, idempotence, drift, renames, stale removal, ownership,
 clashes, the operator's settings kept), who applies, pillar validation, and
-the lookup defaults kept equal between defaults.yaml and the module."""
+the agent defaults equal to the lookup defaults."""
 
 import copy
-import importlib.util
 import os
 import xml.etree.ElementTree as ET
 
 import pytest
-import yaml
 from salt.exceptions import SaltInvocationError
 
 import ipsec_cib
@@ -97,22 +95,10 @@ def test_agent_defaults_equal_the_agent_script_and_the_lookup():
     lookup = load_default_lookup()
     for key, param in ipsec_cib.LOOKUP_PARAMS:
         assert lookup[key] == ipsec_cib.AGENT_DEFAULTS[param]
-    assert ipsec_cib.DEFAULT_RESOURCE_PREFIX == ipsec_plan.DEFAULT_RESOURCE_PREFIX
 
 
 def load_default_lookup():
-    spec = importlib.util.spec_from_file_location("ipsec_module_for_test", os.path.join(REPO, "_modules", "ipsec.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.DEFAULT_LOOKUP
-
-
-def test_lookup_defaults_equal_in_defaults_yaml_and_the_module():
-    with open(os.path.join(REPO, "ipsec", "defaults.yaml")) as handle:
-        from_yaml = yaml.safe_load(handle)["ipsec"]["lookup"]
-    assert from_yaml == load_default_lookup()
-    assert from_yaml["pacemaker"] == {
-        "ocf_root": "/usr/lib/ocf", "provider": "ipsec-formula", "agent": "vip-tunnel", "cib_file": None}
+    return ipsec_plan.DEFAULT_LOOKUP
 
 
 def test_reconcile_creates_everything_then_nothing():
@@ -296,20 +282,22 @@ def test_dc_name_and_who_applies():
 
 
 def test_options_and_intervals():
-    assert ipsec_cib.options({}) == {"manage": False, "resource_prefix": "tripleo-ipsec", "apply_from": None,
-                                     "monitor_interval": "10s"}
-    assert ipsec_cib.options({"pacemaker": {"monitor_interval": 30, "apply_from": "c-1"}})["monitor_interval"] == "30s"
+    assert ipsec_plan.parse_pacemaker({}, []) == {
+        "manage": False, "resource_prefix": "tripleo-ipsec", "vip_resource": "ip-{address}", "apply_from": None,
+        "monitor_interval": "10s"}
+    options = ipsec_plan.parse_pacemaker({"pacemaker": {"monitor_interval": 30, "apply_from": "c-1"}}, [])
+    assert options["monitor_interval"] == "30s"
     for good in ("10s", "1min", "500ms", "2h"):
-        assert ipsec_cib.interval(good) == good
-    for bad in ("0", "ten", "10 s", True, -5, "10d"):
-        with pytest.raises(SaltInvocationError):
-            ipsec_cib.interval(bad)
+        assert ipsec_plan.parse_interval(good) == good
+    for bad in ("0", "ten", "10 s", True, -5, "10d", "10s\n", "1min\x00"):
+        with pytest.raises(SaltInvocationError, match="^ipsec:pacemaker:monitor_interval: "):
+            ipsec_plan.parse_interval(bad)
 
 
 @pytest.mark.parametrize("pacemaker,message", [
     ({"manage": "yes"}, "ipsec:pacemaker:manage: must be true or false"),
-    ({"apply_from": ""}, "ipsec:pacemaker:apply_from: '' must be a minion id"),
-    ({"apply_from": ["a"]}, "ipsec:pacemaker:apply_from: ['a'] must be a minion id"),
+    ({"apply_from": ""}, "ipsec:pacemaker:apply_from: '' is not a minion id"),
+    ({"apply_from": ["a"]}, "ipsec:pacemaker:apply_from: ['a'] is not a minion id"),
     ({"monitor_interval": "ten"}, "ipsec:pacemaker:monitor_interval: 'ten' is not a pacemaker interval"),
     ({"monitor_interval": 0}, "ipsec:pacemaker:monitor_interval: 0 is not a pacemaker interval"),
     ({"monitor_interval": True}, "ipsec:pacemaker:monitor_interval: True is not a pacemaker interval"),
