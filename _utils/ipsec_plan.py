@@ -73,6 +73,7 @@ LOOKUP_SECTIONS = {
     "pacemaker": {"ocf_root": "path", "provider": LOOKUP_NAME_RE, "agent": LOOKUP_NAME_RE,
                   "cib_file": "path?"},
 }
+PILLAR_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 ADDRESS_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}")
 CIDR_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}/[0-9]{1,3}")
 PATH_RE = re.compile(r"(?:/[A-Za-z0-9_+.-]+)+")
@@ -332,6 +333,11 @@ def unknown_keys(section, value, key):
             if name in TRIPLEO_KEYS:
                 fail(name, "is TripleO's variable, not read by this formula: use ipsec:{} "
                            "(see docs/migration.md)".format(TRIPLEO_KEYS[name]))
+    for name in value:
+        if not isinstance(name, str) or not PILLAR_KEY_RE.fullmatch(name):
+            # Not a newer formula's key: a broken one (a line break, a
+            # control character) that must not silently drop its section.
+            fail(key, "{!r} is not a valid key".format(_short(name)))
     return [
         "ipsec:{}{}: unknown key, ignored (typo?)".format(key + ":" if key else "", name)
         for name in sorted(map(str, value))
@@ -838,6 +844,7 @@ def parse_settings(conf, os_family=None, warnings=None):
         "pacemaker": parse_pacemaker(conf, warnings),
         "clean": parse_clean(conf, warnings),
         "mine": parse_mine(conf, warnings),
+        "cluster": parse_cluster(conf),
         "libreswan_version": parse_libreswan_version(conf),
     }
 
