@@ -95,7 +95,7 @@ def _shared_files(plan, manifest):
         raise CommandExecutionError("ipsec:lookup:config_file: " + problem)
     base = utils["ipsec_files.unedit"](old)
     legacy_orig = lookup["config_file"] + ".ipsec-formula-orig"
-    if utils["ipsec_files.formula_text"](old):
+    if utils["ipsec_files.legacy_conf"](old):
         # Written whole by a release before 0.2: the operator's original is
         # the saved copy (if any).
         saved, _, _ = _read(legacy_orig)
@@ -462,7 +462,7 @@ def remove(test=False):
         if problem or old is None:
             continue
         new = utils["ipsec_files.unedit"](old, legacy=legacy)
-        if utils["ipsec_files.formula_text"](old):
+        if utils["ipsec_files.legacy_conf"](old):
             saved, _, _ = _read(legacy_orig)
             new = saved if saved is not None else ""
             if saved is not None:

@@ -26,6 +26,9 @@ import tempfile
 MARK = "ipsec-formula"
 BEGIN = "# BEGIN ipsec-formula: managed by Salt, local changes are overwritten"
 END = "# END ipsec-formula"
+# Opens a block appended to a file whose last line had no newline: the
+# newline added before it goes when the block goes.
+BEGIN_AFTER_NOEOL = BEGIN + " (newline added before)"
 DISABLED = "#ipsec-formula-disabled: "
 MANIFEST_NAME = ".ipsec-formula.json"
 HEADER_MARK = "# Managed by Salt (ipsec-formula)."
@@ -64,6 +67,18 @@ def read(path):
 def formula_text(text):
     """Whether ``text`` was written by the formula (its header first)."""
     return text is not None and text.startswith(HEADER_MARK)
+
+
+LEGACY_CONF_LINES = ("# Managed by Salt (ipsec-formula). Local changes are overwritten.",
+                     "# Options: pillar ipsec:config_setup. Connections: ")
+
+
+def legacy_conf(text):
+    """Whether ``text`` is the whole ipsec.conf releases before 0.2 wrote
+    (their two header lines, exactly): an operator's file that merely
+    contains the formula's header text is the operator's."""
+    lines = (text or "").splitlines()
+    return len(lines) >= 2 and lines[0] == LEGACY_CONF_LINES[0] and lines[1].startswith(LEGACY_CONF_LINES[1])
 
 
 def shared_target(path):
@@ -110,7 +125,9 @@ def unedit(text, legacy=()):
     out, inside = [], False
     for line in text.splitlines(True):
         body = line.strip()
-        if body == BEGIN:
+        if body in (BEGIN, BEGIN_AFTER_NOEOL):
+            if body == BEGIN_AFTER_NOEOL and out and out[-1].endswith("\n"):
+                out[-1] = out[-1][:-1]
             inside = True
             continue
         if body == END and inside:
@@ -141,8 +158,6 @@ def edit_conf(original, config_setup, config_dir):
               for key, value in config_setup.items()]
     block.append("\t" + END + "\n")
     lines = (original or "").splitlines(True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
     out, in_setup, placed, has_include = [], False, False, False
     for line in lines:
         if _is_section(line):
@@ -151,6 +166,9 @@ def edit_conf(original, config_setup, config_dir):
                 has_include = True
             out.append(line)
             if in_setup and not placed:
+                if not line.endswith("\n"):
+                    out[-1] += "\n"
+                    block[0] = "\t" + BEGIN_AFTER_NOEOL + "\n"
                 out.extend(block)
                 placed = True
             continue
@@ -159,10 +177,18 @@ def edit_conf(original, config_setup, config_dir):
             out.append(indent + DISABLED + line.lstrip())
             continue
         out.append(line)
+    added = []
     if not placed:
-        out = [BEGIN + "\n", "config setup\n"] + block[1:-1] + [END + "\n"] + (["\n"] if out else []) + out
+        # At the end: lines before any section stay where they are.
+        added += ["config setup\n"] + block[1:-1]
     if not has_include:
-        out += [BEGIN + "\n", include + "\n", END + "\n"]
+        added += [include + "\n"]
+    if added:
+        opening = BEGIN
+        if out and not out[-1].endswith("\n"):
+            out[-1] += "\n"
+            opening = BEGIN_AFTER_NOEOL
+        out += [opening + "\n"] + added + [END + "\n"]
     return "".join(out)
 
 
@@ -174,9 +200,11 @@ def edit_secrets(original, config_dir):
     text = original or ""
     if any(_include_target(line) == include.split()[1] for line in text.splitlines()):
         return text
+    opening = BEGIN
     if text and not text.endswith("\n"):
         text += "\n"
-    return text + BEGIN + "\n" + include + "\n" + END + "\n"
+        opening = BEGIN_AFTER_NOEOL
+    return text + opening + "\n" + include + "\n" + END + "\n"
 
 
 # --- the manifest of the formula's own tunnel files and conns --------------
@@ -242,8 +270,12 @@ class Transaction:
 
     def stage(self, path, text, mode):
         directory = os.path.dirname(path) or "."
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
+        try:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
+        except BaseException:
+            self.abort()
+            raise
         try:
             os.fchmod(fd, int(mode, 8))
             with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as handle:
