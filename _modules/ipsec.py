@@ -36,8 +36,13 @@ def __virtual__():
     return __virtualname__
 
 
-def _conf():
+def _conf(required=True):
+    """The ``ipsec`` pillar, handed to the gate (``_utils/ipsec_plan.py``):
+    the one place the formula reads pillar (the PSK aside, which the
+    secrets renderer takes straight from pillar)."""
     conf = __pillar__.get("ipsec")
+    if conf is None and not required:
+        return {}
     if conf is None:
         raise SaltInvocationError("ipsec: pillar key is missing: nothing to plan")
     if not isinstance(conf, dict):
@@ -58,8 +63,7 @@ def settings():
 
         salt '*' ipsec.settings
     """
-    conf = __pillar__.get("ipsec") or {}
-    return __utils__["ipsec_plan.parse_settings"](conf, __grains__.get("os_family"))
+    return __utils__["ipsec_plan.parse_settings"](_conf(required=False), __grains__.get("os_family"))
 
 
 def lookup():
@@ -92,7 +96,7 @@ def version():
 
         salt '*' ipsec.version
     """
-    pinned = __utils__["ipsec_plan.parse_libreswan_version"](__pillar__.get("ipsec") or {})
+    pinned = __utils__["ipsec_plan.parse_libreswan_version"](_conf(required=False))
     if pinned is not None:
         return {"version": pinned[0], "major": pinned[1], "source": "pillar"}
     return __salt__["ipsec_pluto.version"]()
@@ -129,7 +133,34 @@ def cluster_node():
 
         salt '*' ipsec.cluster_node
     """
-    return _cluster_node(__pillar__.get("ipsec") or {})
+    return _cluster_node(_conf(required=False))
+
+
+def pacemaker_running():
+    """
+    Whether pacemaker runs on this node: its CIB answers
+    (``cibadmin --query --local --scope nodes``; with lookup
+    ``pacemaker:cib_file``, that file exists). Images that ship pacemaker
+    to every role do not make every node a cluster node.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec.pacemaker_running
+    """
+    if "ipsec.pacemaker_running" in __context__:
+        return __context__["ipsec.pacemaker_running"]
+    cib_file = lookup()["pacemaker"]["cib_file"]
+    if cib_file:
+        running = os.path.isfile(cib_file)
+    else:
+        binary = salt.utils.path.which("cibadmin")
+        running = bool(binary) and __salt__["cmd.run_all"](
+            [binary, "--query", "--local", "--scope", "nodes"], python_shell=False, ignore_retcode=True,
+            output_loglevel="quiet", timeout=15)["retcode"] == 0
+    __context__["ipsec.pacemaker_running"] = running
+    return running
 
 
 def _cluster_node(conf):
@@ -139,10 +170,15 @@ def _cluster_node(conf):
     if mode == "grain":
         return bool(__salt__["match.grain"](value))
     if mode == "detect":
-        # pacemakerd is the daemon: the CLI tools alone do not make a node
-        # a cluster member.
-        return bool(salt.utils.path.which("pacemakerd")) or os.path.exists("/usr/sbin/pacemakerd")
+        return pacemaker_running()
     return False
+
+
+def _pacemaker_needed(conf):
+    """Whether the plan needs to know if pacemaker runs: ``pacemaker:manage``
+    is not set (then it follows pacemaker)."""
+    return not isinstance((conf.get("pacemaker") or {}).get("manage") if isinstance(conf.get("pacemaker"), dict)
+                          else None, bool)
 
 
 def _mine_data(conf):
@@ -190,6 +226,7 @@ def build(check_algorithms=True):
             own_ips=_own_ips(),
             major=major,
             cluster_node=_cluster_node(conf),
+            pacemaker_running=_pacemaker_needed(conf) and pacemaker_running(),
             mine_data=_mine_data(conf),
             os_family=__grains__.get("os_family"),
         )

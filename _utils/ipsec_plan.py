@@ -716,7 +716,8 @@ def parse_pacemaker(conf, warnings):
     if apply_from is not None:
         _pattern(apply_from, "pacemaker:apply_from", MINION_ID_RE, "is not a minion id")
     return {
-        "manage": _flag(pacemaker.get("manage"), "pacemaker:manage", False),
+        # None: follow pacemaker (managed on cluster nodes where it runs).
+        "manage": _flag(pacemaker.get("manage"), "pacemaker:manage", None),
         "resource_prefix": _name(pacemaker.get("resource_prefix", DEFAULT_RESOURCE_PREFIX),
                                  "pacemaker:resource_prefix", "resource prefix"),
         "vip_resource": vip_resource,
@@ -914,7 +915,7 @@ def algorithm_sources(conf):
 
 
 def build_plan(conf, node_id, own_ips, major=4, config_dir=None,
-               cluster_node=False, mine_data=None, os_family=None):
+               cluster_node=False, mine_data=None, os_family=None, pacemaker_running=False):
     """Compute the plan of one node: the gate every input passes.
 
     conf:        the ``ipsec`` pillar subtree (dict)
@@ -926,6 +927,9 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir=None,
     mine_data:   {minion_id: {network: address}} used when ``ipsec:nodes``
                  is absent
     os_family:   grain ``os_family`` (per-family lookup defaults)
+    pacemaker_running: whether pacemaker runs here (its CIB answers): with
+                 ``pacemaker:manage`` unset, the VIP tunnel resources are
+                 managed on cluster nodes where it runs (TripleO's default)
 
     Every value any state, module or template of the formula uses comes out
     of here validated (``plan["lookup"]``, ``["firewall"]``,
@@ -947,7 +951,9 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir=None,
     config_setup = {k: v for k, v in config_setup.items() if v is not None}
     for section in ("cluster",):
         warnings.extend(unknown_keys(section, _mapping(conf.get(section), section), section))
-    pacemaker = settings["pacemaker"]
+    pacemaker = dict(settings["pacemaker"])
+    if pacemaker["manage"] is None:
+        pacemaker["manage"] = bool(cluster_node and pacemaker_running)
 
     networks = _parse_networks(conf, defaults, warnings)
     extra_vips = _parse_extra_vips(conf, networks, warnings)

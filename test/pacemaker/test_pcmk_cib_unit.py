@@ -283,7 +283,7 @@ def test_dc_name_and_who_applies():
 
 def test_options_and_intervals():
     assert ipsec_plan.parse_pacemaker({}, []) == {
-        "manage": False, "resource_prefix": "tripleo-ipsec", "vip_resource": "ip-{address}", "apply_from": None,
+        "manage": None, "resource_prefix": "tripleo-ipsec", "vip_resource": "ip-{address}", "apply_from": None,
         "monitor_interval": "10s"}
     options = ipsec_plan.parse_pacemaker({"pacemaker": {"monitor_interval": 30, "apply_from": "c-1"}}, [])
     assert options["monitor_interval"] == "30s"

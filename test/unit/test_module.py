@@ -108,3 +108,25 @@ def test_plan_warnings_are_logged_once_per_run_but_always_returned(caplog):
     expected = "algparse not found: not checked before pluto: ipsec:algorithm (default) esp=aes_gcm128-null"
     assert expected in first["warnings"] and expected in second["warnings"]
     assert [r.getMessage() for r in caplog.records].count("ipsec plan: " + expected) == 1
+
+
+@pytest.mark.parametrize("cib_answers,expected", [(0, True), (107, False)])
+def test_cluster_detection_asks_whether_pacemaker_runs(cib_answers, expected):
+    """Not whether pacemakerd is installed: images ship it to every role."""
+    calls = []
+    module = load_module(examples.pillar(cluster={"detect": True}), calls=calls,
+                         grains={"ipv4": examples.own_ips("controller-0")})
+    run_all = module.__salt__["cmd.run_all"]
+
+    def answer(cmd, **kwargs):
+        if "cibadmin" in cmd[0]:
+            calls.append(("cibadmin", cmd))
+            return {"retcode": cib_answers, "stdout": "", "stderr": ""}
+        return run_all(cmd, **kwargs)
+
+    module.__salt__["cmd.run_all"] = answer
+    built = module.build()
+    assert built["cluster_node"] is expected
+    assert built["pacemaker"]["manage"] is expected
+    assert [c for c in calls if c[0] == "cibadmin"][0][1][1:] == ["--query", "--local", "--scope", "nodes"]
+

@@ -372,3 +372,18 @@ def test_pillar_example_is_valid_and_every_key_is_known():
                                  cluster_node=True, mine_data={"compute-0": {"internal_api": "198.51.100.20"}})
     assert plan["warnings"] == []
     assert plan["vips"] and plan["firewall"]["manage"] is True
+
+
+@pytest.mark.parametrize("manage,cluster_node,running,expected", [
+    (None, True, True, True), (None, True, False, False), (None, False, True, False),
+    (False, True, True, False), (True, True, False, True),
+])
+def test_vip_resources_managed_by_default_where_pacemaker_runs(manage, cluster_node, running, expected):
+    """TripleO set up the resource agents whenever pacemaker ran; an explicit
+    ipsec:pacemaker:manage wins."""
+    pillar = examples.pillar()
+    if manage is not None:
+        pillar["pacemaker"] = {"manage": manage}
+    plan = ipsec_plan.build_plan(pillar, "controller-0", examples.own_ips("controller-0"),
+                                 cluster_node=cluster_node, pacemaker_running=running)
+    assert plan["pacemaker"]["manage"] is expected

@@ -43,7 +43,7 @@ class FakeWhack:
     def __call__(self, cmd, python_shell=True, **kwargs):
         assert python_shell is False and isinstance(cmd, list)
         self.calls.append(cmd)
-        answer = self.answers[cmd[-1]]
+        answer = self.answers.get(cmd[-1], {"retcode": 1, "stderr": "not faked"})
         return dict({"retcode": 0, "stdout": "", "stderr": ""}, **answer)
 
 
