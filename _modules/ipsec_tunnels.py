@@ -37,6 +37,11 @@ HIDDEN = "<content hidden>"
 
 
 def __virtual__():
+    # The plan comes from the ipsec module (its __virtual__ says what is
+    # missing, netaddr for one): without it there is nothing to reconcile.
+    if "ipsec.build" not in __salt__:
+        return (False, "ipsec_tunnels: the ipsec execution module is not loaded (see its error; "
+                       "run saltutil.sync_all)")
     return __virtualname__
 
 

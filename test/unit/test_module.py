@@ -130,3 +130,13 @@ def test_cluster_detection_asks_whether_pacemaker_runs(cib_answers, expected):
     assert built["pacemaker"]["manage"] is expected
     assert [c for c in calls if c[0] == "cibadmin"][0][1][1:] == ["--query", "--local", "--scope", "nodes"]
 
+
+
+def test_a_minion_without_netaddr_is_told_what_to_install(monkeypatch):
+    """Salt's onedir packages do not ship netaddr: say so, instead of a
+    KeyError on ipsec_plan.build_plan later."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "netaddr", None)
+    loaded, reason = loader.load_file("_modules", "ipsec").__virtual__()
+    assert loaded is False and "salt-pip install netaddr" in reason
