@@ -224,7 +224,8 @@ def reconcile(remove=False, test=False, cib_file=None):
         outcome["skipped"] = reason
         return outcome
 
-    new, changes, errors = __utils__["ipsec_cib.reconcile"](root, wanted, opts["resource_prefix"], opts["agent"])
+    new, changes, errors = __utils__["ipsec_cib.reconcile"](root, wanted, opts["resource_prefix"], opts["agent"],
+                                                            adopt=_settings()["adopt_tripleo"])
     outcome["changes"] = changes
     outcome["errors"] = errors
     if not changes or test:

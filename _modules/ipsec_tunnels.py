@@ -161,6 +161,11 @@ def _compute(plan):
     manifest = dict(__utils__["ipsec_files.load_manifest"](config_dir, plan["prefix"]))
     desired = _desired(plan)
     stale = [path for path in _owned_files(manifest, config_dir) if path not in desired]
+    tripleo = __utils__["ipsec_files.tripleo_files"](config_dir, plan["prefix"], set(manifest["files"]))
+    if plan["adopt_tripleo"]:
+        # Adopted: TripleO's files go (or are overwritten) in this same
+        # transaction, and the conns they defined are deleted from pluto.
+        stale += [path for path in tripleo if path not in desired and path not in stale]
     shared = _shared_files(plan, manifest)
     changes = {}
     for path, (kind, text, mode) in desired.items():
@@ -190,12 +195,17 @@ def _compute(plan):
         "manifest_file": manifest_file,
         "manifest_text": None if old_manifest == manifest_text else manifest_text,
         "restart": _setup_lines(shared[conf_target]["old"]) != _setup_lines(shared[conf_target]["new"]),
+        "tripleo": [] if plan["adopt_tripleo"] else tripleo,
     }
 
 
 def _checks(plan, work, firewall):
     """Read-only checks of the complete new configuration: problems, or []."""
     problems = []
+    if work["tripleo"]:
+        problems.append("tripleo-ipsec's configuration is here ({}): set ipsec:adopt_tripleo: true to replace "
+                        "it (its files, conns and pacemaker resources) in one run, or remove it first "
+                        "(docs/migration.md)".format(", ".join(os.path.basename(p) for p in work["tripleo"])))
     installed = __salt__["ipsec_pluto.version"]()["major"] is not None
     if installed:
         conf_texts = {path: text for path, (kind, text, mode) in work["desired"].items() if kind == "conf"}

@@ -246,6 +246,32 @@ def load_manifest(config_dir, prefix):
     return {"files": found, "conns": []}
 
 
+def tripleo_files(config_dir, prefix, owned):
+    """The files tripleo-ipsec left in ``config_dir``: its node-to-node conf
+    files (``<prefix>-<net>-node-to-node-private-tunnels.conf``) and the
+    files it shares names with the formula (VIP conf and secrets,
+    node-to-node secrets) that the formula did not write."""
+    found = []
+    try:
+        names = sorted(os.listdir(config_dir))
+    except OSError:
+        return found
+    for name in names:
+        path = os.path.join(config_dir, name)
+        if path in owned or not name.startswith(prefix + "-"):
+            continue
+        if name.endswith("-node-to-node-private-tunnels.conf"):
+            found.append(path)
+        elif name.endswith(("-vip-tunnels.conf", "-vip-tunnels.secrets", "-node-to-node-tunnels.secrets")):
+            try:
+                text, _ = read(path)
+            except NotRegular:
+                continue
+            if text is not None and not formula_text(text):
+                found.append(path)
+    return found
+
+
 def manifest_text(files, conns):
     return json.dumps({"written_by": MARK, "files": sorted(files), "conns": sorted(conns)},
                       indent=1, sort_keys=True) + "\n"

@@ -103,7 +103,7 @@ KNOWN_KEYS = {
         "psk", "prefix", "algorithm", "ike_algorithm", "networks",
         "extra_vips", "skip_networks", "conn_options", "nodes", "mine",
         "cluster", "pacemaker", "firewall", "config_setup",
-        "libreswan_version", "lookup", "clean", "control_plane",
+        "libreswan_version", "lookup", "clean", "control_plane", "adopt_tripleo",
     },
     "networks": {"cidr", "vip", "algorithm", "ike_algorithm", "conn_options"},
     "extra_vips": {"network", "address"},
@@ -847,6 +847,9 @@ def parse_settings(conf, os_family=None, warnings=None):
         "mine": parse_mine(conf, warnings),
         "cluster": parse_cluster(conf),
         "libreswan_version": parse_libreswan_version(conf),
+        # Replace what tripleo-ipsec left (files, conns, its pacemaker
+        # resources and their pcs constraints) instead of refusing to start.
+        "adopt_tripleo": _flag(conf.get("adopt_tripleo"), "adopt_tripleo", False),
     }
 
 
@@ -1002,6 +1005,7 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir=None,
         "pacemaker": pacemaker,
         "clean": settings["clean"],
         "mine": settings["mine"],
+        "adopt_tripleo": settings["adopt_tripleo"],
         "warnings": warnings,
     }
 

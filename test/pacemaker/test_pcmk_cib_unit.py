@@ -46,9 +46,9 @@ def wanted(extra=None, interval="10s", **pacemaker):
     return ipsec_cib.desired(vips(**pacemaker), "ipsec-formula", "vip-tunnel", extra, interval)
 
 
-def applied(text=EMPTY, want=None):
+def applied(text=EMPTY, want=None, adopt=False):
     root = ipsec_cib.parse(text)
-    new, changes, errors = ipsec_cib.reconcile(root, wanted() if want is None else want, PREFIX, AGENT)
+    new, changes, errors = ipsec_cib.reconcile(root, wanted() if want is None else want, PREFIX, AGENT, adopt=adopt)
     assert errors == []
     return new, changes
 
@@ -226,16 +226,45 @@ def test_primitive_inside_a_group_is_not_taken_over():
     assert not any(oid.startswith("tripleo-ipsec-redis") for oid in changes)
 
 
-def test_legacy_tripleo_primitive_of_the_same_name_is_converted():
-    text = EMPTY.replace("    </resources>", '      <primitive id="tripleo-ipsec-redis" class="ocf" provider="heartbeat" '
-                                                'type="ipsec"><instance_attributes id="ia"><nvpair id="ia-t" '
-                                                'name="tunnel" value="overcloud-redis-vip-tunnel"/></instance_attributes>'
-                                                '</primitive>\n    </resources>')
-    new, changes = applied(text)
+TRIPLEO_CIB = EMPTY.replace(
+    "    </resources>",
+    '      <primitive id="tripleo-ipsec-redis" class="ocf" provider="heartbeat" type="ipsec">'
+    '<instance_attributes id="ia"><nvpair id="ia-t" name="tunnel" value="overcloud-redis-vip-tunnel"/>'
+    '</instance_attributes></primitive>\n    </resources>').replace(
+    "<constraints/>",
+    '<constraints><rsc_colocation id="colocation-tripleo-ipsec-redis-ip-198.51.100.101-INFINITY" '
+    'rsc="tripleo-ipsec-redis" with-rsc="ip-198.51.100.101" score="INFINITY"/>'
+    '<rsc_order id="order-ip-198.51.100.101-tripleo-ipsec-redis-mandatory" first="ip-198.51.100.101" '
+    'first-action="start" then="tripleo-ipsec-redis" then-action="start" kind="Mandatory" symmetrical="false"/>'
+    '</constraints>')
+
+
+def test_a_tripleo_primitive_is_refused_unless_adopted():
+    """Never half of each: without ipsec:adopt_tripleo nothing of that VIP
+    changes and the error says how; with it, TripleO's resource becomes the
+    formula's and the constraints pcs made for it go, in one change."""
+    assert "<rsc_colocation" in TRIPLEO_CIB, "the fixture must hold pcs's constraints"
+    root = ipsec_cib.parse(TRIPLEO_CIB)
+    new, changes, errors = ipsec_cib.reconcile(root, wanted(), PREFIX, AGENT)
+    assert len(errors) == 1 and "ipsec:adopt_tripleo" in errors[0] and "TripleO's resource" in errors[0]
+    assert not [object_id for object_id in changes if "redis" in object_id]
+    assert summary_of(new, "tripleo-ipsec-redis")["agent"] == "ocf:heartbeat:ipsec"
+
+    new, changes = applied(TRIPLEO_CIB, adopt=True)
     assert changes["tripleo-ipsec-redis"]["old"]["agent"] == "ocf:heartbeat:ipsec"
     prim = find(new, "tripleo-ipsec-redis")
     assert (prim.get("provider"), prim.get("type")) == ("ipsec-formula", "vip-tunnel")
     assert prim.find("instance_attributes").get("id") == "ia"
+    for pcs_made in ("colocation-tripleo-ipsec-redis-ip-198.51.100.101-INFINITY",
+                     "order-ip-198.51.100.101-tripleo-ipsec-redis-mandatory"):
+        assert find(new, pcs_made) is None and changes[pcs_made]["new"] is None
+    constraints = [c.get("id") for c in new.find("configuration/constraints")]
+    assert sorted(c for c in constraints if "redis" in c) == sorted(ipsec_cib.constraint_ids("tripleo-ipsec-redis")
+                                                                     .values())
+
+
+def summary_of(root, object_id):
+    return ipsec_cib.summary(find(root, object_id))
 
 
 def test_status_section_ids_are_not_definitions():
