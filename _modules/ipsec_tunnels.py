@@ -186,6 +186,9 @@ def _compute(plan):
     manifest_text = __utils__["ipsec_files.manifest_text"](list(desired), conns)
     manifest_file = __utils__["ipsec_files.manifest_path"](config_dir)
     old_manifest, _, _ = _read(manifest_file)
+    if old_manifest != manifest_text:
+        changes[manifest_file] = {"manifest": "the formula's record of its files and conns {}".format(
+            "written" if old_manifest is None else "updated")}
     return {
         "desired": desired,
         "stale": stale,
@@ -291,7 +294,7 @@ def _apply_live(live, held):
     _bring_up(live["start"], live["route"], held)
 
 
-def _undo_live(live, exc, held):
+def _undo_live(plan, live, exc, held):
     """After pluto refused a conn and the files were put back: give pluto
     back the set of conns it had. addconn purged the definitions that the
     rejected names replaced (SAs and all) and loaded the accepted ones;
@@ -311,7 +314,7 @@ def _undo_live(live, exc, held):
         log.error("ipsec_tunnels: could not give pluto back its conns: %s", more)
         back = (getattr(more, "info", None) or {}).get("added") or []
     autos = {}
-    for path in {c["file"] for c in live.get("_planned", {}).values()}:
+    for path in {conn["file"] for conn in plan["connections"].values()}:
         text, _, _ = _read(path)
         for name, keywords in __utils__["ipsec_reconcile.parse_conf"](text).items():
             autos[name] = keywords.get("auto")
@@ -381,7 +384,7 @@ def reconcile(test=False, live=True, firewall=True):
     if problems:
         ret.update(result=False, comment="the new configuration is refused, nothing written: " + "; ".join(problems))
         return ret
-    if not changes and work["manifest_text"] is None:
+    if not changes:
         ret["comment"] = "{} files of the plan are in place{}".format(
             len(work["desired"]), ", pluto has every planned conn" if livediff else "")
         return ret
@@ -395,13 +398,12 @@ def reconcile(test=False, live=True, firewall=True):
         return ret
     held = set()
     if livediff:
-        livediff["_planned"] = plan["connections"]
         held = _held_vip_clients(plan) & set(livediff["start"])
         try:
             _apply_live(livediff, held)
         except CommandExecutionError as exc:
             txn.rollback()
-            back = _undo_live(livediff, exc, held)
+            back = _undo_live(plan, livediff, exc, held)
             # The files are as before and pluto has the conns it had; the
             # ones whose old definition came back did renegotiate: say so.
             ret.update(result=False, restart=False,

@@ -176,6 +176,8 @@ def test_stale_formula_files_removed_unrelated_files_kept(node):
     assert not [n for n in names if n.startswith("overcloud-storage-")]
     assert "site-vpn.conf" in names and "overcloudx-storage.conf" in names
     removed = changed(result)["ipsec-tunnel-files-managed"]
+    manifest = removed.pop(os.path.join(node.layout.config_dir, ".ipsec-formula.json"))
+    assert manifest == {"manifest": "the formula's record of its files and conns updated"}
     assert len(removed) == 4 and all(c == {"removed": "not in the plan any more"} for c in removed.values())
 
 
