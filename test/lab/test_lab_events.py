@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from labkit.eventlab import EventLab
+from test_lab import tunnels_to
 
 INTERVAL, DEBOUNCE = 2, 2
 SLACK = 8  # s: a beacon interval in progress, salt's event delivery, pluto's delete notification
@@ -52,20 +53,6 @@ def verify(lab, target="*"):
 def verify_ok(lab):
     rc, data = verify(lab)
     return rc == 0 and set(data or {}) == set(lab.nodes)
-
-
-def tunnels_to(lab, node_id, other):
-    """Conns of node_id that need ``other`` up: node-to-node with it, and
-    on the VIP holder the server conns ``other`` is a client of."""
-    plan = lab.plans[node_id]
-    names = set()
-    for name, conn in plan["connections"].items():
-        if conn["role"] == "node-to-node" and conn["peer"] == other:
-            names.add(name)
-        elif (conn["role"] == "vip-server" and lab.vip_holder == node_id
-              and other in plan["networks"][conn["network"]]["peers"]):
-            names.add(name)
-    return names
 
 
 def collect(lab, mark, want, timeout):
