@@ -25,6 +25,7 @@ bench: deps
 	$(PY) bench/plan_bench.py
 	$(PY) bench/status_bench.py
 	$(PY) bench/apply_bench.py
+	$(PY) bench/events_bench.py
 
 deps: debs venv
 

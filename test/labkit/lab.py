@@ -59,6 +59,8 @@ class Lab:
         self.workdir = workdir or tempfile.mkdtemp(prefix="ipsec-lab-")
         self.vip_holder = vip_holder
         self.network_options = {}
+        # Extra salt-master settings (a reactor, for one).
+        self.master_options = {}
         self.mesh = None
         self.nodes = {}
         self.switch = None
@@ -96,6 +98,7 @@ class Lab:
             "pillar_roots": {"base": [self.pillar_dir]},
             "log_level_logfile": "info",
         }
+        config.update(self.master_options)
         self.master = _start_daemon(self.switch.name, "salt-master", self.master_dir, config)
         for node in self.nodes.values():
             node.start_minion()
