@@ -230,6 +230,9 @@ def build(check_algorithms=True):
             mine_data=_mine_data(conf),
             os_family=__grains__.get("os_family"),
         )
+        # The beacon and metrics settings pass the same gate, at the same time.
+        built["events"] = __utils__["ipsec_events.pillar_settings"](
+            conf, __utils__["ipsec_events.accepted_levels"](__utils__["ipsec_verify.verify"]))
         log.debug("ipsec: plan built for %s: %d conns", __opts__["id"], len(built["connections"]))
         if found["major"] is None:
             built["warnings"].append("Libreswan not installed: planned for {}.x keywords".format(FALLBACK_MAJOR))

@@ -14,6 +14,8 @@ Tunnel events and metrics, pure logic: no Salt dunders, no I/O.
 - ``metrics_text(...)``: the Prometheus text exposition of the rows.
 """
 
+import re
+
 from salt.exceptions import SaltInvocationError
 
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
@@ -93,10 +95,14 @@ def _section(conf, name, defaults):
     return merged
 
 
+PATH_RE = re.compile(r"(?:/[A-Za-z0-9_+.-]+)+")  # the plan's gate takes the same paths
+
+
 def _path(value, key):
-    if not isinstance(value, str) or not value.startswith("/") or "\n" in value or "/../" in value + "/":
-        fail(key, "must be an absolute path, got {!r}".format(value))
-    return value.rstrip("/") or "/"
+    if not isinstance(value, str) or not PATH_RE.fullmatch(value) or any(
+            part in (".", "..") for part in value.split("/")):
+        fail(key, "must be an absolute normalised path of letters, digits and . _ + -, got {!r}".format(value))
+    return value
 
 
 def pillar_settings(conf, levels=KNOWN_LEVELS):
@@ -118,7 +124,7 @@ def pillar_settings(conf, levels=KNOWN_LEVELS):
     metrics["directory"] = _path(metrics["directory"], "metrics:directory")
     name = metrics["file"]
     # node_exporter's textfile collector reads only *.prom files.
-    if not isinstance(name, str) or "/" in name or name.startswith(".") or not name.endswith(".prom"):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,120}\.prom", name):
         fail("metrics:file", "must be a file name ending in .prom, got {!r}".format(name))
     _int(metrics["schedule"], "metrics:schedule", 0, 86400)
     metrics["path"] = metrics["directory"] + "/" + name

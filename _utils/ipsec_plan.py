@@ -104,6 +104,8 @@ KNOWN_KEYS = {
         "extra_vips", "skip_networks", "conn_options", "nodes", "mine",
         "cluster", "pacemaker", "firewall", "config_setup",
         "libreswan_version", "lookup", "clean", "control_plane", "adopt_tripleo",
+        # validated by _utils/ipsec_events.py (ipsec.build puts them in plan["events"])
+        "beacon", "metrics",
     },
     "networks": {"cidr", "vip", "algorithm", "ike_algorithm", "conn_options"},
     "extra_vips": {"network", "address"},

@@ -142,7 +142,7 @@ def test_validate_levels_follow_the_installed_verify():
 
 def test_pillar_defaults_and_beacon_config():
     found = ipsec_events.pillar_settings({"beacon": {"enabled": True, "interval": 5},
-                                          "metrics": {"enabled": True, "directory": "/srv/prom/"}})
+                                          "metrics": {"enabled": True, "directory": "/srv/prom"}})
     assert found["beacon"]["interval"] == 5 and found["beacon"]["debounce"] == 3
     assert found["metrics"]["path"] == "/srv/prom/ipsec.prom"
     config = ipsec_events.beacon_config(found)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from salt.exceptions import SaltInvocationError
 
+import ipsec_events
 import ipsec_plan
 from labkit import examples
 
@@ -33,6 +34,8 @@ def full_pillar():
         firewall={"manage": True, "backend": "nftables", "table": "ipsec_formula"},
         clean={"remove_package": False},
         mine={"target": "*", "tgt_type": "glob", "function": "ipsec.addresses"},
+        beacon={"enabled": True, "level": "ike"},
+        metrics={"enabled": True, "directory": "/var/lib/prometheus/node-exporter", "file": "ipsec.prom"},
     )
     pillar["networks"]["storage"].update(algorithm="aes_gcm256-null", ike_algorithm="aes256-sha2_256",
                                          conn_options={"rekey": "yes"})
@@ -45,7 +48,10 @@ def full_pillar():
 
 
 def plan(pillar, **kwargs):
-    return ipsec_plan.build_plan(pillar, NODE, examples.own_ips(NODE), cluster_node=True, **kwargs)
+    """The gate as ipsec.build runs it: the plan, then the events settings."""
+    built = ipsec_plan.build_plan(pillar, NODE, examples.own_ips(NODE), cluster_node=True, **kwargs)
+    built["events"] = ipsec_events.pillar_settings(pillar)
+    return built
 
 
 def string_leaves(value, path=()):
