@@ -184,16 +184,13 @@ def _algparse(proposal):
     if key in __context__:
         return __context__[key]
     paths = lookup()
-    # The command line depends on the installed release, not on the release
-    # the plan is written for (pillar ipsec:libreswan_version).
-    if (_installed_version()["major"] or FALLBACK_MAJOR) >= 5:
-        cmd = [paths["ipsec_bin"], "algparse", "--ikev2", proposal]
-        available = os.path.exists(paths["ipsec_bin"])
-    else:
-        cmd = [paths["algparse"], "-v2", proposal]
-        available = os.path.exists(paths["algparse"])
-    if not available:
+    # The lookup's algparse program, on every release: 5.x's
+    # ``ipsec algparse`` only execs this same <libexecdir>/algparse, which
+    # takes -v2 in 4.x and 5.x alike (measured with 4.10 and 5.3.2); and
+    # the lookup can say a node has none.
+    if not os.path.exists(paths["algparse"]):
         return None
+    cmd = [paths["algparse"], "-v2", proposal]
     result = __salt__["cmd.run_all"](cmd, python_shell=False, ignore_retcode=True, output_loglevel="quiet")
     verdict = ""
     if result["retcode"] != 0:
@@ -287,7 +284,8 @@ def _whack(*args):
         message = " ".join(
             part.strip() for part in (result.get("stderr"), result.get("stdout")) if part and part.strip()
         ) or "exit {}".format(result["retcode"])
-        if "not running" in message or "connect()" in message or not os.path.exists(socket):
+        # A stale socket: 4.x "connect() for ... failed", 5.x "connect(pluto_ctl) failed".
+        if "not running" in message or "connect(" in message or not os.path.exists(socket):
             raise CommandExecutionError(
                 "pluto is not running (no answer on control socket {}): {}".format(socket, message)
             )

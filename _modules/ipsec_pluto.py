@@ -429,24 +429,14 @@ def rereadsecrets():
     return {"files": files}
 
 
-def _major(paths):
-    key = "ipsec_pluto.major"
-    if key not in __context__:
-        result = _run([_binary(paths), "--version"], quiet=True)
-        match = re.search(r"Libreswan\s+U?(\d+)\.", result.get("stdout") or "")
-        __context__[key] = int(match.group(1)) if match else None
-    return __context__[key]
-
-
 def _algparse(paths, kind, proposal):
     """"" when Libreswan accepts ``kind=proposal``, else its message; None
     when algparse is not there."""
-    if (_major(paths) or 4) >= 5:
-        cmd, available = [paths["ipsec_bin"], "algparse", "--ikev2"], os.path.exists(paths["ipsec_bin"])
-    else:
-        cmd, available = [paths["algparse"], "-v2"], os.path.exists(paths["algparse"])
-    if not available:
+    # The lookup's program on every release (5.x's ``ipsec algparse`` execs
+    # the same <libexecdir>/algparse; -v2 works in 4.x and 5.x).
+    if not os.path.exists(paths["algparse"]):
         return None
+    cmd = [paths["algparse"], "-v2"]
     result = _run(cmd + ["{}={}".format(kind, proposal)], quiet=True)
     if result["retcode"] == 0:
         return ""
