@@ -8,12 +8,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBS := $(shell sed -e 's/\#.*//' debian-packages.txt)
 VM_DEBS := $(shell sed -e 's/\#.*//' debian-packages-vm.txt)
+LIBRESWAN_DEBS := $(shell sed -e 's/\#.*//' debian-packages-libreswan.txt)
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench deps debs venv clean
+.PHONY: test demo bench deps debs venv clean libreswan-5
 
-test: deps
+test: deps libreswan-5
 	$(PY) -m pytest $(PYTEST_ARGS) test
+
+# The vendored Libreswan 5.3.2 (../shared/vendor) for the 5.x test tier, built
+# once into the ignored .cache/ of this checkout (its PREFIX is compiled in).
+libreswan-5: debs
+	tools/build-libreswan.sh 5.3.2
 
 demo: deps
 	KEEP=$(KEEP) $(PY) tools/demo.py
@@ -38,6 +44,7 @@ endef
 debs:
 	$(call install_missing,$(DEBS),)
 	$(call install_missing,$(VM_DEBS),--no-install-recommends)
+	$(call install_missing,$(LIBRESWAN_DEBS),--no-install-recommends)
 
 venv: $(STAMP)
 

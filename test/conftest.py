@@ -48,10 +48,11 @@ def libreswan():
     return libreswans.get(libreswans.SYSTEM)
 
 
-@pytest.fixture(params=libreswans.LABELS)
+@pytest.fixture(scope="session", params=libreswans.LABELS)
 def libreswan_each(request):
     """Each install in turn, test ids "4.10" and "5.3.2" (the vendored
-    5.3.2 is built on first use, then cached: tools/build-libreswan.sh)."""
+    5.3.2 is built on first use, then cached: tools/build-libreswan.sh).
+    Session scope: module fixtures (test/vm's proof) can take it too."""
     return libreswans.get(request.param)
 
 

@@ -22,7 +22,7 @@ import pytest
 import ipsec_plan
 import ipsec_status
 import ipsec_verify
-from labkit import examples, netns, tunnels
+from labkit import capture, examples, netns, tunnels
 
 NODES = {name: examples.THREE_NODES[name] for name in ("controller-0", "compute-0")}
 HOLDER = "controller-0"  # holds every VIP
@@ -167,6 +167,8 @@ def test_all_up_ike_level_passes_child_level_per_kernel(lab):
             assert summary["ipsec_sas"]["total"] == 0
             assert established_sas(parsed, "child_sas") == []
             assert traffic_text.strip() == "" and parsed["traffic"] == []
+    for node in nodes.values():
+        capture.save(node.pluto.libreswan, "esp" if ESP else "ike", node.id, *node.capture())
     # The holder serves compute-0 through instances of its VIP templates.
     parsed = holder.parsed()
     assert "198.51.100.100" in parsed["addresses"] and "198.51.100.101" in parsed["addresses"]
