@@ -31,3 +31,28 @@ def save(libreswan, scene, node, status_text, traffic_text):
             handle.write(text)
         written.append(path)
     return written
+
+
+# The nodes of the captures taken with the formula's files (test_status_pluto).
+NODES = ("controller-0", "compute-0")
+
+
+def load(version, scene, node):
+    """[status text, trafficstatus text] of one capture."""
+    texts = []
+    for kind in ("status", "trafficstatus"):
+        with open(os.path.join(DATA, "libreswan-{}-{}-{}-{}.txt".format(version, scene, node, kind))) as handle:
+            texts.append(handle.read())
+    return texts
+
+
+def node_plan(node, major):
+    """The plan the captured ``node`` ran: the example cluster's
+    controller-0 (VIP holder) and compute-0, planned for ``major``."""
+    import ipsec_plan  # pylint: disable=import-outside-toplevel
+
+    from labkit import examples  # pylint: disable=import-outside-toplevel
+
+    nodes = {name: examples.THREE_NODES[name] for name in NODES}
+    return ipsec_plan.build_plan(examples.pillar(nodes=nodes), node_id=node, own_ips=examples.own_ips(node, nodes),
+                                 major=major, cluster_node=node in examples.CLUSTER_NODES)

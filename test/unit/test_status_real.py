@@ -12,36 +12,23 @@ tunnel (both ends initiated), one IKE SA still half-open, and a tenant Child
 SA its peer has already replaced.
 """
 
-import os
-
 import pytest
 
-import ipsec_plan
 import ipsec_status
 import ipsec_verify
-from labkit import examples
+from labkit import capture
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-NODES = {name: examples.THREE_NODES[name] for name in ("controller-0", "compute-0")}
+NODES = capture.NODES
 N2N_API = "overcloud-internal_api-198.51.100.10-198.51.100.20"
 
 
-def capture(node):
-    texts = []
-    for kind in ("status", "trafficstatus"):
-        with open(os.path.join(DATA, "libreswan-4.10-esp-{}-{}.txt".format(node, kind))) as handle:
-            texts.append(handle.read())
-    return texts
-
-
 def plan(node):
-    return ipsec_plan.build_plan(examples.pillar(nodes=NODES), node_id=node, own_ips=examples.own_ips(node, NODES),
-                                 major=4, cluster_node=node in examples.CLUSTER_NODES)
+    return capture.node_plan(node, 4)
 
 
 @pytest.fixture(scope="module")
 def parsed():
-    return {node: ipsec_status.parse_status(*capture(node)) for node in NODES}
+    return {node: ipsec_status.parse_status(*capture.load("4.10", "esp", node)) for node in NODES}
 
 
 def test_summaries_and_version(parsed):

@@ -14,41 +14,28 @@ tools/build-libreswan.sh) by the suite's own runs with LABKIT_CAPTURE=1
   the ping, trafficstatus after it.
 """
 
-import os
-
 import pytest
 
-import ipsec_plan
 import ipsec_status
 import ipsec_verify
-from labkit import examples
+from labkit import capture
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-NODES = {name: examples.THREE_NODES[name] for name in ("controller-0", "compute-0")}
+NODES = capture.NODES
 N2N_API = "overcloud-internal_api-198.51.100.10-198.51.100.20"
 
 
-def read(scene, node):
-    texts = []
-    for kind in ("status", "trafficstatus"):
-        with open(os.path.join(DATA, "libreswan-5.3.2-{}-{}-{}.txt".format(scene, node, kind))) as handle:
-            texts.append(handle.read())
-    return texts
-
-
 def plan(node):
-    return ipsec_plan.build_plan(examples.pillar(nodes=NODES), node_id=node, own_ips=examples.own_ips(node, NODES),
-                                 major=5, cluster_node=node in examples.CLUSTER_NODES)
+    return capture.node_plan(node, 5)
 
 
 @pytest.fixture(scope="module")
 def ike():
-    return {node: ipsec_status.parse_status(*read("ike", node)) for node in NODES}
+    return {node: ipsec_status.parse_status(*capture.load("5.3.2", "ike", node)) for node in NODES}
 
 
 @pytest.fixture(scope="module")
 def esp():
-    return {node: ipsec_status.parse_status(*read("vm-esp", node)) for node in ("a", "b")}
+    return {node: ipsec_status.parse_status(*capture.load("5.3.2", "vm-esp", node)) for node in ("a", "b")}
 
 
 def test_version_prefixes_and_summaries(ike, esp):
