@@ -11,10 +11,13 @@ VM_DEBS := $(shell sed -e 's/\#.*//' debian-packages-vm.txt)
 LIBRESWAN_DEBS := $(shell sed -e 's/\#.*//' debian-packages-libreswan.txt)
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench deps debs venv clean libreswan-5
+.PHONY: test demo bench deps debs venv clean salt-lines libreswan-5
 
-test: deps libreswan-5
+# The whole suite on Salt 3008 (.venv), then the unit and functional tiers
+# again on the other Salt lines FORMULA's minimum_version promises.
+test: deps salt-lines-venvs libreswan-5
 	$(PY) -m pytest $(PYTEST_ARGS) test
+	$(MAKE) --no-print-directory salt-lines
 
 # The vendored Libreswan 5.3.2 (../shared/vendor) for the 5.x test tier, built
 # once into the ignored .cache/ of this checkout (its PREFIX is compiled in).
@@ -53,5 +56,25 @@ $(STAMP): requirements.txt constraints.txt
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	touch $@
 
+# --- other Salt lines: one virtualenv each (.venv-3006, .venv-3007), pinned
+# by constraints-<line>.txt, running the tiers that do not depend on the
+# line's daemons (unit, functional: salt-call --local).
+SALT_LINES := 3006 3007
+LINE_TIERS := test/unit test/functional
+
+salt-lines-venvs: $(foreach line,$(SALT_LINES),.venv-$(line)/.installed)
+
+salt-lines: salt-lines-venvs
+	@for line in $(SALT_LINES); do \
+	  echo "== Salt $$line: $(LINE_TIERS)"; \
+	  .venv-$$line/bin/python -m pytest -q -p no:cacheprovider $(LINE_TIERS) || exit 1; \
+	done
+
+.venv-%/.installed: requirements.txt constraints-%.txt
+	$(PYTHON) -m venv .venv-$*
+	grep -v '^salt==' requirements.txt > .venv-$*/requirements.txt
+	.venv-$*/bin/pip install -q -r .venv-$*/requirements.txt salt -c constraints-$*.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-3006 .venv-3007 .pytest_cache
