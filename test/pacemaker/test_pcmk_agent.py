@@ -265,6 +265,10 @@ def test_failover_makes_the_old_holder_a_client_of_the_new_one(node, namespace_f
     c1.add_vip()
     rc, err = c1.agent("start")
     assert rc == OCF_SUCCESS, err
+    # start did not sit out the delete exchange of controller-1's own client
+    # IKE SA with the gone holder (5.x whack --terminate waits for it until
+    # retransmit-timeout, 15 s: then it would have logged the timeout).
+    assert "timeout exceeded" not in c1.pluto.log(), c1.pluto.log()[-2000:]
     assert c0.alive() and c1.alive(), c1.pluto.log()[-2000:]
     assert c1.agent("monitor", interval=10000)[0] == OCF_SUCCESS
     assert c0.agent("monitor", interval=10000)[0] == OCF_NOT_RUNNING
