@@ -33,8 +33,10 @@ def save(libreswan, scene, node, status_text, traffic_text):
     return written
 
 
-# The nodes of the captures taken with the formula's files (test_status_pluto).
+# The nodes of the captures taken with the formula's files (test_status_pluto)
+# and the internal_api tunnel between them.
 NODES = ("controller-0", "compute-0")
+N2N_API = "overcloud-internal_api-198.51.100.10-198.51.100.20"
 
 
 def load(version, scene, node):
@@ -56,3 +58,10 @@ def node_plan(node, major):
     nodes = {name: examples.THREE_NODES[name] for name in NODES}
     return ipsec_plan.build_plan(examples.pillar(nodes=nodes), node_id=node, own_ips=examples.own_ips(node, nodes),
                                  major=major, cluster_node=node in examples.CLUSTER_NODES)
+
+
+def parsed(version, scene, nodes=NODES):
+    """{node: ipsec_status.parse_status of its capture}."""
+    import ipsec_status  # pylint: disable=import-outside-toplevel
+
+    return {node: ipsec_status.parse_status(*load(version, scene, node)) for node in nodes}

@@ -16,26 +16,20 @@ tools/build-libreswan.sh) by the suite's own runs with LABKIT_CAPTURE=1
 
 import pytest
 
-import ipsec_status
 import ipsec_verify
 from labkit import capture
 
-NODES = capture.NODES
-N2N_API = "overcloud-internal_api-198.51.100.10-198.51.100.20"
-
-
-def plan(node):
-    return capture.node_plan(node, 5)
+N2N_API = capture.N2N_API
 
 
 @pytest.fixture(scope="module")
 def ike():
-    return {node: ipsec_status.parse_status(*capture.load("5.3.2", "ike", node)) for node in NODES}
+    return capture.parsed("5.3.2", "ike")
 
 
 @pytest.fixture(scope="module")
 def esp():
-    return {node: ipsec_status.parse_status(*capture.load("5.3.2", "vm-esp", node)) for node in ("a", "b")}
+    return capture.parsed("5.3.2", "vm-esp", ("a", "b"))
 
 
 def test_version_prefixes_and_summaries(ike, esp):
@@ -58,7 +52,7 @@ def test_version_prefixes_and_summaries(ike, esp):
 
 def test_ike_sas_established_child_sas_not(ike):
     for node, parsed in ike.items():
-        n2n = [n for n, c in plan(node)["connections"].items() if c["role"] == "node-to-node"]
+        n2n = [n for n, c in capture.node_plan(node, 5)["connections"].items() if c["role"] == "node-to-node"]
         assert n2n
         for name in n2n:
             conn = parsed["connections"][name]
@@ -85,10 +79,10 @@ def test_vip_server_instances_meet_the_client(ike):
 
 @pytest.mark.parametrize("node,expect_up", [("controller-0", 5), ("compute-0", 4)])
 def test_verify_ike_level_passes_child_level_names_the_missing_child_sas(ike, node, expect_up):
-    result = ipsec_verify.verify(plan(node), ike[node], "ike")
+    result = ipsec_verify.verify(capture.node_plan(node, 5), ike[node], "ike")
     assert result["result"] is True, result["comment"]
     assert result["counts"]["expect_up"] == expect_up
-    child = ipsec_verify.verify(plan(node), ike[node], "child")
+    child = ipsec_verify.verify(capture.node_plan(node, 5), ike[node], "child")
     assert child["result"] is False
     assert child["failed"] and all("no established Child SA" in r for r in child["failed"].values()), child["failed"]
 
