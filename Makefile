@@ -8,15 +8,21 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBS := $(shell sed -e 's/\#.*//' debian-packages.txt)
 VM_DEBS := $(shell sed -e 's/\#.*//' debian-packages-vm.txt)
+LIBRESWAN_DEBS := $(shell sed -e 's/\#.*//' debian-packages-libreswan.txt)
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench deps debs venv clean salt-lines
+.PHONY: test demo bench deps debs venv clean salt-lines libreswan-5
 
 # The whole suite on Salt 3008 (.venv), then the unit and functional tiers
 # again on the other Salt lines FORMULA's minimum_version promises.
-test: deps salt-lines-venvs
+test: deps salt-lines-venvs libreswan-5
 	$(PY) -m pytest $(PYTEST_ARGS) test
 	$(MAKE) --no-print-directory salt-lines
+
+# The vendored Libreswan 5.3.2 (../shared/vendor) for the 5.x test tier, built
+# once into the ignored .cache/ of this checkout (its PREFIX is compiled in).
+libreswan-5: debs
+	tools/build-libreswan.sh 5.3.2
 
 demo: deps
 	KEEP=$(KEEP) $(PY) tools/demo.py
@@ -42,6 +48,7 @@ endef
 debs:
 	$(call install_missing,$(DEBS),)
 	$(call install_missing,$(VM_DEBS),--no-install-recommends)
+	$(call install_missing,$(LIBRESWAN_DEBS),--no-install-recommends)
 
 venv: $(STAMP)
 

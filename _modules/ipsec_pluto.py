@@ -103,12 +103,15 @@ def _message(result):
     ) or "exit {}".format(result.get("retcode"))
 
 
-def _whack(paths, args, quiet=False, timeout=WHACK_TIMEOUT):
-    """The result of ``ipsec whack --ctlsocket S ARGS``; raises when pluto
-    does not answer."""
+def _whack(paths, args, quiet=False, timeout=WHACK_TIMEOUT, replies=False):
+    """The output of ``ipsec whack --ctlsocket S ARGS``; raises when pluto
+    does not answer. ``replies``: (retcode, output) instead, also when
+    pluto answered with an error (5.x whack exits with its reply code)."""
     socket = paths["ctlsocket"]
     cmd = [_binary(paths), "whack", "--ctlsocket", socket] + list(args)
     result = _run(cmd, quiet=quiet, timeout=timeout)
+    if result["retcode"] != 0 and replies and (result.get("stdout") or "").strip():
+        return result["retcode"], result["stdout"]
     if result["retcode"] != 0:
         # quiet: stdout may quote secrets (rereadsecrets); stderr is whack's own.
         message = _message({"stderr": result.get("stderr"), "retcode": result["retcode"]} if quiet else result)
@@ -116,7 +119,7 @@ def _whack(paths, args, quiet=False, timeout=WHACK_TIMEOUT):
             raise CommandExecutionError(
                 "pluto is not running (no answer on control socket {}): {}".format(socket, message))
         raise CommandExecutionError("ipsec whack {} failed: {}".format(" ".join(args), message))
-    return result.get("stdout") or ""
+    return (0, result.get("stdout") or "") if replies else result.get("stdout") or ""
 
 
 def _run_tty(cmd, timeout=ADDCONN_TIMEOUT):
@@ -314,19 +317,26 @@ def add(names, config=None, chunk_bytes=CHUNK_BYTES):
     return {"added": added, "warnings": warnings}
 
 
-def _each(names, args, verb, unanswered_ok=False):
+# Whack's reply code for a conn name pluto does not have; 5.x answers a
+# --delete of such a name with it (4.x: silence, exit 0).
+RC_UNKNOWN_NAME = 21
+
+
+def _each(names, args, verb, unanswered_ok=False, absent_ok=False):
     """Run ``whack --name N ARGS`` for each name; raise naming the failures
     (``unanswered_ok``: a negotiation the peer has not answered is logged,
-    not a failure)."""
+    not a failure; ``absent_ok``: a name pluto does not have is done)."""
     names = _names(names)
     paths = _lookup()
     utils = __utils__
     done, failed = [], {}
     for name in names:
-        stdout = _whack(paths, ["--name", name] + list(args))
-        errors = utils["ipsec_status.whack_errors"](stdout, unanswered_ok)
+        retcode, stdout = _whack(paths, ["--name", name] + list(args), replies=True)
+        if absent_ok and retcode == RC_UNKNOWN_NAME:
+            retcode, stdout = 0, ""
+        errors = utils["ipsec_status.whack_errors"](stdout, unanswered_ok, retcode)
         if unanswered_ok and not errors:
-            for line in utils["ipsec_status.whack_errors"](stdout):
+            for line in utils["ipsec_status.whack_errors"](stdout, retcode=retcode):
                 log.info("ipsec_pluto.%s %s: %s (pluto keeps trying)", verb, name, line)
         if errors:
             failed[name] = "; ".join(errors)
@@ -355,7 +365,7 @@ def delete(names):
 
         salt '*' ipsec_pluto.delete '["overcloud-storage-203.0.113.10-203.0.113.11"]'
     """
-    return {"deleted": _each(names, ["--delete"], "delete")}
+    return {"deleted": _each(names, ["--delete"], "delete", absent_ok=True)}
 
 
 def initiate(names):
@@ -474,9 +484,11 @@ def algparse(kind, proposal):
     """
     Libreswan's own verdict on a proposal: ``""`` when it accepts
     ``<kind>=<proposal>`` (kind ``esp``, ``ike`` or ``ah``), its message
-    when it does not, ``None`` when algparse is not installed. The command
-    depends on the installed release (4.x ``algparse -v2``, 5.x ``ipsec
-    algparse --ikev2``), not on a pinned ``ipsec:libreswan_version``.
+    when it does not, ``None`` when algparse is not installed: the lookup's
+    ``algparse`` program, ``-v2``, on every release (5.x's ``ipsec algparse``
+    only execs that same ``<libexecdir>/algparse``, which takes ``-v2`` in
+    4.x and 5.x alike: measured with 4.10 and 5.3.2; and the lookup can say
+    that a node has none).
 
     CLI Example:
 
@@ -490,12 +502,9 @@ def algparse(kind, proposal):
     if key in __context__:
         return __context__[key]
     paths = _lookup()
-    if (version()["major"] or 4) >= 5:
-        cmd, available = [paths["ipsec_bin"], "algparse", "--ikev2"], os.path.exists(paths["ipsec_bin"])
-    else:
-        cmd, available = [paths["algparse"], "-v2"], os.path.exists(paths["algparse"])
-    if not available:
+    if not os.path.exists(paths["algparse"]):
         return None
+    cmd = [paths["algparse"], "-v2"]
     result = _run(cmd + ["{}={}".format(kind, proposal)], quiet=True)
     verdict = ""
     if result["retcode"] != 0:
@@ -607,7 +616,9 @@ def checkconfig(conf_texts, algorithms=True, config_setup=None):
         output = output.replace(main, "<check config>")
         lines = [line.strip() for line in output.splitlines() if line.strip()]
         for line in lines:
-            if re.search(r"\bwarning\b", line, re.I):
+            # 5.x only warns about a bad value ("warning: invalid, keyword
+            # ignored: auto=sometimes", exit 0) and drops the keyword: a problem.
+            if re.search(r"\bwarning\b", line, re.I) and "invalid, keyword ignored" not in line:
                 log.warning("ipsec addconn --checkconfig: %s", line)
             elif line not in problems:
                 problems.append(line)

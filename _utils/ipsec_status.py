@@ -654,7 +654,8 @@ def parse_status(text, traffic=None):
 # 010-099 errors, 1xx/2xx state progress); 5.x prints none.
 _CODE = re.compile(r"^(\d{3}) (.*)$")
 _NAMED = re.compile(r'^"([^"]+)"(?:\[\d+\])?(?: #\d+)?:\s*(.*)$')
-_NOT_FOUND = re.compile(r"^conn '([^']+)': not found")
+# 4.x: "conn 'x': not found (tried aliases)"; 5.x: "conn x: not found ...".
+_NOT_FOUND = re.compile(r"^conn '?([^'\s]+?)'?: not found")
 
 
 def split_code(line):
@@ -715,7 +716,9 @@ def parse_addconn(stdout, stderr, names):
         match = _NOT_FOUND.match(line)
         if match:
             rejected.setdefault(match.group(1), line)
-        elif line.startswith("cannot load config") or "syntax error" in line:
+        elif line.startswith(("cannot load config", "FATAL ERROR:")) or "syntax error" in line:
+            # 4.x "cannot load config ...: syntax error [kw]"; 5.x
+            # "FATAL ERROR: ipsec addconn: F:N: unrecognized 'conn' keyword ..."
             error = line if error is None else error
         else:
             warnings.append(line)
@@ -736,16 +739,25 @@ def parse_addconn(stdout, stderr, names):
 NEGOTIATION_CODES = (10, 31)
 
 
-def whack_errors(stdout, unanswered_ok=False):
+def whack_errors(stdout, unanswered_ok=False, retcode=0):
     """Error replies (codes 10-99) of a whack call, e.g.
     ``021 no connection named "x"``; ``unanswered_ok``: not those of a
-    negotiation the peer has not answered (NEGOTIATION_CODES)."""
+    negotiation the peer has not answered (NEGOTIATION_CODES).
+
+    5.x prints no codes: whack exits with the code of pluto's error reply
+    (``retcode``, e.g. 21 ``no connection or alias named "x"``), and its
+    output is then the error."""
     skip = NEGOTIATION_CODES if unanswered_ok else ()
     errors = []
-    for line in (stdout or "").replace("\r", "").splitlines():
-        code, text = split_code(line.rstrip())
+    coded = False
+    lines = [line.rstrip() for line in (stdout or "").replace("\r", "").splitlines()]
+    for line in lines:
+        code, text = split_code(line)
+        coded = coded or code is not None
         if code is not None and 10 <= code < 100 and code not in skip:
             errors.append(text)
+    if retcode and not coded and retcode not in skip:
+        errors = [line.strip() for line in lines if line.strip()] or ["whack exit {}".format(retcode)]
     return errors
 
 

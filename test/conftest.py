@@ -11,6 +11,7 @@ for path in (HERE, os.path.join(REPO, "_utils")):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from labkit import libreswan as libreswans  # noqa: E402
 from labkit import netns, saltenv  # noqa: E402
 from labkit.pluto import Pluto  # noqa: E402
 
@@ -39,11 +40,28 @@ def namespace_factory():
 
 
 @pytest.fixture
-def pluto_factory():
+def libreswan():
+    """The Libreswan install (labkit.libreswan) plutos run and the formula's
+    lookup points at: Debian's 4.10. The tiers that run against every
+    install (test/integration, test/vm, the agent tests) override this
+    fixture with ``libreswan_each``."""
+    return libreswans.get(libreswans.SYSTEM)
+
+
+@pytest.fixture(scope="session", params=libreswans.LABELS)
+def libreswan_each(request):
+    """Each install in turn, test ids "4.10" and "5.3.2" (the vendored
+    5.3.2 is built on first use, then cached: tools/build-libreswan.sh).
+    Session scope: module fixtures (test/vm's proof) can take it too."""
+    return libreswans.get(request.param)
+
+
+@pytest.fixture
+def pluto_factory(libreswan):
     started = []
 
     def make(root, netns_name=None):
-        instance = Pluto(root, netns_name)
+        instance = Pluto(root, netns_name, libreswan)
         started.append(instance)
         return instance
 

@@ -28,7 +28,8 @@ import textwrap
 import pytest
 
 from labkit import examples, saltenv
-from labkit.pluto import IPSEC, Pluto
+from labkit import libreswan as libreswans
+from labkit.pluto import Pluto
 
 NODE = "controller-0"
 CIDRS = ["198.51.100.10/25", "198.51.100.130/25", "203.0.113.10/24", "2001:db8:0:1::10/64"]
@@ -257,7 +258,8 @@ def test_a_late_failure_leaves_every_file_and_pluto_as_they_were(node, tmp_path,
     env = dict(os.environ)
     lookup = {}
     if step == "checkconfig":
-        lookup["ipsec_bin"] = _script(tmp_path / "ipsec", FAILING_CHECKCONFIG.format(ipsec=IPSEC))
+        real = libreswans.get().ipsec_bin
+        lookup["ipsec_bin"] = _script(tmp_path / "ipsec", FAILING_CHECKCONFIG.format(ipsec=real))
     elif step == "firewall":
         bindir = tmp_path / "bin"
         bindir.mkdir()

@@ -9,7 +9,6 @@ import subprocess
 import pytest
 
 import ipsec_files
-from labkit.pluto import IPSEC
 
 RHEL = """# /etc/ipsec.conf - Libreswan IPsec configuration file
 #
@@ -28,13 +27,13 @@ include {confdir}/*.conf
 CONN = "conn site\n\tleft=198.51.100.1\n\tright=198.51.100.2\n\tauthby=secret\n\tauto=add\n"
 
 
-def _checkconfig(conf):
-    return subprocess.run([IPSEC, "addconn", "--config", str(conf), "--checkconfig"],
+def _checkconfig(libreswan, conf):
+    return subprocess.run([libreswan.ipsec_bin, "addconn", "--config", str(conf), "--checkconfig"],
                           capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("flavour", ["debian", "rhel"])
-def test_distribution_ipsec_conf_kept_and_given_back(tmp_path, flavour):
+def test_distribution_ipsec_conf_kept_and_given_back(tmp_path, flavour, libreswan):
     confdir = tmp_path / "ipsec.d"
     confdir.mkdir()
     (confdir / "site.conf").write_text(CONN)
@@ -46,17 +45,17 @@ def test_distribution_ipsec_conf_kept_and_given_back(tmp_path, flavour):
         original = RHEL.format(policy=policy, confdir=confdir)
     conf = tmp_path / "ipsec.conf"
     conf.write_text(original)
-    assert _checkconfig(conf).returncode == 0
+    assert _checkconfig(libreswan, conf).returncode == 0
 
     edited = ipsec_files.edit_conf(ipsec_files.unedit(original), {"uniqueids": "no", "plutodebug": "all crypt"},
                                    str(confdir))
     conf.write_text(edited)
-    checked = _checkconfig(conf)
+    checked = _checkconfig(libreswan, conf)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "uniqueids=yes" not in [line.strip() for line in edited.splitlines()]
     if flavour == "rhel":
         assert "include {}".format(policy) in edited and "logtime=no" in edited
     # what pluto would load: the site conn and the policy's %default
-    listed = subprocess.run([IPSEC, "addconn", "--config", str(conf), "--listall"], capture_output=True, text=True)
+    listed = subprocess.run([libreswan.ipsec_bin, "addconn", "--config", str(conf), "--listall"], capture_output=True, text=True)
     assert "site" in listed.stdout.split()
     assert ipsec_files.unedit(edited) == original

@@ -17,7 +17,7 @@ import pytest
 
 import ipsec_status
 from labkit import netns, saltenv, tunnels
-from labkit.pluto import Pluto
+from labkit.pluto import Pluto, without_child_revivals
 
 PSK = "hitless-psk-2c7e9a1f4b6d8e0a3c5f7b9d"
 ADDRESSES = {
@@ -242,7 +242,7 @@ def test_a_conn_pluto_rejects_fails_the_state_and_what_ran_before_comes_back(mes
         rejected = told.index('"{}": failed to add connection: {}'.format(conn, aead), purged)
         added = told.index('"{}": added IKEv2 connection'.format(conn), rejected)
         assert re.search(r'"{}" #\d+: initiating IKEv2 connection'.format(re.escape(conn)), told[added:]), told
-    assert not any(c in told for c in planned if "-internal_api-" in c), told
+    assert not any(c in without_child_revivals(told) for c in planned if "-internal_api-" in c), told
 
     tunnels.wait_until(all_up, 40, 0.5, "the restored storage tunnels up again")
     after = settled(nodes.values())

@@ -41,7 +41,7 @@ def test_the_longest_accepted_psk_is_read_whole(pluto, psk):
     token = ipsec_render.psk_token(psk)
     assert len(token) <= TOKEN_ROOM
     assert _reread(pluto, token) == []
-    listed = pluto.run("auto", "--ctlsocket", pluto.ctlsocket, "--listall").stdout
+    listed = pluto.whack("--listall").stdout
     assert listed.count(": PSK ") == 1
 
 

@@ -9,7 +9,6 @@ documentation ranges.
 
 import functools
 import ipaddress
-import subprocess
 import threading
 import time
 
@@ -98,10 +97,3 @@ def esp_available():
     finally:
         ns.close()
 
-
-def libreswan_major():
-    out = subprocess.run(["ipsec", "--version"], capture_output=True, text=True, check=False).stdout
-    for token in out.split():
-        if token[:1].isdigit():
-            return token.split(".", 1)[0]
-    return None

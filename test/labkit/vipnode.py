@@ -34,9 +34,10 @@ def pillar():
 
 
 def write_config(node_id, pluto, conf=None):
-    """The formula's files for ``node_id`` into the pluto layout."""
+    """The formula's files for ``node_id`` into the pluto layout, planned
+    for the major release that pluto runs."""
     conf = conf or pillar()
-    plan = ipsec_plan.build_plan(conf, node_id, [ADDRESSES[node_id]], major=4,
+    plan = ipsec_plan.build_plan(conf, node_id, [ADDRESSES[node_id]], major=pluto.libreswan.major,
                                  config_dir=pluto.config_dir, cluster_node=True)
     for path, text in ipsec_render.render_files(plan, conf["psk"]).items():
         with open(path, "w") as handle:
@@ -74,6 +75,7 @@ class VipNode:
             "fallbacktunnel": CLIENT,
             "ctlsocket": self.pluto.ctlsocket,
             "ipsec_conf": self.pluto.config_file,
+            "ipsec_bin": self.pluto.ipsec_bin,
         }
         params.update(overrides)
         return {k: v for k, v in params.items() if v is not None}

@@ -12,36 +12,17 @@ tunnel (both ends initiated), one IKE SA still half-open, and a tenant Child
 SA its peer has already replaced.
 """
 
-import os
-
 import pytest
 
-import ipsec_plan
-import ipsec_status
 import ipsec_verify
-from labkit import examples
+from labkit import capture
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-NODES = {name: examples.THREE_NODES[name] for name in ("controller-0", "compute-0")}
-N2N_API = "overcloud-internal_api-198.51.100.10-198.51.100.20"
-
-
-def capture(node):
-    texts = []
-    for kind in ("status", "trafficstatus"):
-        with open(os.path.join(DATA, "libreswan-4.10-esp-{}-{}.txt".format(node, kind))) as handle:
-            texts.append(handle.read())
-    return texts
-
-
-def plan(node):
-    return ipsec_plan.build_plan(examples.pillar(nodes=NODES), node_id=node, own_ips=examples.own_ips(node, NODES),
-                                 major=4, cluster_node=node in examples.CLUSTER_NODES)
+N2N_API = capture.N2N_API
 
 
 @pytest.fixture(scope="module")
 def parsed():
-    return {node: ipsec_status.parse_status(*capture(node)) for node in NODES}
+    return capture.parsed("4.10", "esp")
 
 
 def test_summaries_and_version(parsed):
@@ -54,7 +35,7 @@ def test_summaries_and_version(parsed):
     compute = parsed["compute-0"]["summary"]
     assert compute["ike_sas"] == {"total": 6, "half_open": 1, "open": 0, "authenticated": 5, "anonymous": 0}
     assert compute["ipsec_sas"]["total"] == 5
-    for node in NODES:
+    for node in capture.NODES:
         conns = parsed[node]["connections"].values()
         assert sum(len(c["ike_sas"]) for c in conns) == parsed[node]["summary"]["ike_sas"]["total"]
         assert sum(sa["established"] for c in conns for sa in c["child_sas"]) == \
@@ -94,8 +75,8 @@ def test_ipv6_child_sa_and_half_open_ike_sa(parsed):
 @pytest.mark.parametrize("node,expect_up", [("controller-0", 5), ("compute-0", 4)])
 def test_verify_child_level_passes_with_esp(parsed, node, expect_up):
     for level in ("child", "ike"):
-        result = ipsec_verify.verify(plan(node), parsed[node], level)
+        result = ipsec_verify.verify(capture.node_plan(node, 4), parsed[node], level)
         assert result["result"] is True, result["comment"]
         assert result["counts"]["expect_up"] == expect_up
-    connections = ipsec_verify.verify(plan(node), parsed[node], "child")["connections"]
+    connections = ipsec_verify.verify(capture.node_plan(node, 4), parsed[node], "child")["connections"]
     assert connections[N2N_API]["child_sa"] and connections[N2N_API]["in_bytes"] > 0

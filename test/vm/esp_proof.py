@@ -6,6 +6,9 @@ given as the only argument; the test asserts on them. Always cleans up its
 namespaces and plutos.
 
     python esp_proof.py RESULT.json
+
+The Libreswan install is the one $LABKIT_LIBRESWAN names (labkit.libreswan;
+the test passes Libreswan.env()), 4.10 by default.
 """
 
 import json
@@ -20,8 +23,8 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from labkit import netns  # noqa: E402
-from labkit.pluto import IPSEC, Pluto  # noqa: E402
+from labkit import libreswan, netns  # noqa: E402
+from labkit.pluto import Pluto  # noqa: E402
 
 CONN = "vm-esp"
 ESP = "aes_gcm128-null"
@@ -93,7 +96,7 @@ def prove(facts, root):
         namespaces.append(b)
         netns.link(a, b, [ADDRESSES[0] + "/24"], [ADDRESSES[1] + "/24"])
         for ns, (left, right) in zip(namespaces, (ADDRESSES, ADDRESSES[::-1])):
-            pluto = Pluto(os.path.join(root, ns.name), ns.name)
+            pluto = Pluto(os.path.join(root, ns.name), ns.name, libreswan.get())
             with open(pluto.config_file, "w", encoding="utf-8") as handle:
                 handle.write(CONFIG.format(name=CONN, left=left, right=right, esp=ESP))
             with open(pluto.secrets_file, "w", encoding="utf-8") as handle:
@@ -106,9 +109,7 @@ def prove(facts, root):
 
         initiator = plutos[0]
         try:
-            up = subprocess.run(["ip", "netns", "exec", a.name, IPSEC, "auto", "--config", initiator.config_file,
-                                 "--ctlsocket", initiator.ctlsocket, "--up", CONN],
-                                capture_output=True, text=True, timeout=UP_TIMEOUT)
+            up = initiator.up(CONN, timeout=UP_TIMEOUT)
             facts["up"] = {"returncode": up.returncode, "stdout": up.stdout[-3000:], "stderr": up.stderr[-2000:]}
         except subprocess.TimeoutExpired as expired:
             facts["up"] = {"returncode": None, "stdout": (expired.stdout or b"").decode(errors="replace"),
@@ -155,7 +156,8 @@ def prove(facts, root):
 def main():
     out_file = sys.argv[1]
     facts = {"kernel": os.uname().release, "in_vm": os.environ.get("IPSEC_VM") == "1",
-             "ipsec_version": subprocess.run(["ipsec", "--version"], capture_output=True, text=True).stdout.strip()}
+             "ipsec_version": subprocess.run([libreswan.get().ipsec_bin, "--version"], capture_output=True,
+                                             text=True).stdout.strip()}
     root = tempfile.mkdtemp(prefix="esp-proof-")
     try:
         prove(facts, root)

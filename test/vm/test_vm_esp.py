@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from labkit import vm
+from labkit import capture, vm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROOF = os.path.join(HERE, "esp_proof.py")
@@ -22,15 +22,21 @@ CONN = "vm-esp"
 
 
 @pytest.fixture(scope="module")
-def proof(tmp_path_factory):
-    """Run esp_proof.py once (VM or host) and hand its facts to the tests."""
+def proof(tmp_path_factory, libreswan_each):
+    """Run esp_proof.py once per Libreswan install (VM or host) and hand its
+    facts to the tests."""
     job = tmp_path_factory.mktemp("esp-proof")
     facts_file = job / "facts.json"
-    result = vm.run([sys.executable, PROOF, str(facts_file)], job_dir=str(job), cwd=HERE, timeout=170)
+    result = vm.run([sys.executable, PROOF, str(facts_file)], job_dir=str(job), cwd=HERE, timeout=170,
+                    env=libreswan_each.env())
     assert facts_file.exists(), "the proof wrote no facts\n" + result.describe()
     facts = json.loads(facts_file.read_text())
     assert "error" not in facts, facts["error"] + "\n" + result.describe()
     facts["_result"] = result
+    # Status before the ping, traffic after it (bytes both ways).
+    for index, node in enumerate(("a", "b")):
+        capture.save(libreswan_each, "vm-esp", node, facts["status"][index],
+                     facts["after"]["traffic"][index]["text"])
     return facts
 
 
@@ -41,8 +47,9 @@ def _why(facts):
                      + ["--- pluto log {}\n{}".format(i, log[-3000:]) for i, log in enumerate(facts.get("logs", []))])
 
 
-def test_ike_and_child_sa_are_established(proof):
+def test_ike_and_child_sa_are_established(proof, libreswan_each):
     assert proof["_result"].where == ("host" if vm.host_has_esp() else "vm")
+    assert proof["ipsec_version"] == "Libreswan " + libreswan_each.version
     assert proof["up"]["returncode"] == 0, _why(proof)
     assert "established IKE SA" in proof["up"]["stdout"], _why(proof)
     assert "established Child SA" in proof["up"]["stdout"], _why(proof)
