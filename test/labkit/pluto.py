@@ -8,6 +8,8 @@ import os
 import subprocess
 import time
 
+import ipsec_status
+
 IPSEC = "/usr/sbin/ipsec"
 
 
@@ -79,13 +81,8 @@ class Pluto:
         return self.whack("--trafficstatus").stdout
 
     def connection_names(self):
-        """Names of loaded conns, from the status connection list."""
-        names = set()
-        for line in self.status().splitlines():
-            text = line[4:] if line[:4] in ("000 ", "006 ") else line
-            if text.startswith('"') and '":' in text:
-                names.add(text[1:text.index('"', 1)])
-        return names
+        """Names of loaded conns (the formula's own reading of the status)."""
+        return set(ipsec_status.parse_loaded(self.status()))
 
     def log(self):
         try:
