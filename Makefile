@@ -11,7 +11,7 @@ VM_DEBS := $(shell sed -e 's/\#.*//' debian-packages-vm.txt)
 LIBRESWAN_DEBS := $(shell sed -e 's/\#.*//' debian-packages-libreswan.txt)
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench deps debs venv clean salt-lines libreswan-5
+.PHONY: test check demo bench deps debs venv pth clean salt-lines libreswan-5
 
 # The whole suite on Salt 3008 (.venv), then the unit and functional tiers
 # again on the other Salt lines FORMULA's minimum_version promises.
@@ -24,16 +24,24 @@ test: deps salt-lines-venvs libreswan-5
 libreswan-5: debs
 	tools/build-libreswan.sh 5.3.2
 
+# The unit tier only (no namespace, no daemon, no VM; tiers: pytest.ini,
+# test/conftest.py): seconds, for every edit.
+check: deps
+	$(PY) -m pytest -m unit $(PYTEST_ARGS) test
+
 demo: deps
 	KEEP=$(KEEP) $(PY) tools/demo.py
 
+# Each bench prints its figures as ratios to a floor timed in the same run
+# and writes them to bench/results/ (ignored by git).
 bench: deps
 	$(PY) bench/plan_bench.py
 	$(PY) bench/status_bench.py
 	$(PY) bench/apply_bench.py
 	$(PY) bench/events_bench.py
+	$(PY) bench/salt_bench.py
 
-deps: debs venv
+deps: debs venv pth
 
 # Install the Debian packages that are missing (apt-get needs root).
 define install_missing
@@ -51,6 +59,19 @@ debs:
 	$(call install_missing,$(LIBRESWAN_DEBS),--no-install-recommends)
 
 venv: $(STAMP)
+
+# tools/, bench/ and the VM jobs (labkit.labvm, run by the venv's python
+# inside the VM) import labkit (test/) and the formula's pure modules
+# (_utils/): a .pth file in the venv's site-packages puts both on its path,
+# written relative to site-packages, so a venv shared by several checkouts
+# (a symlinked .venv) resolves to the folders of the checkout it is run
+# from. pytest does not need it (pytest.ini: pythonpath).
+pth: $(STAMP)
+	@$(PY) -c 'import os, sys, sysconfig; site = sysconfig.get_path("purelib"); \
+	text = "".join(os.path.relpath(os.path.join(sys.argv[1], d), site) + "\n" for d in ("test", "_utils")); \
+	path = os.path.join(site, "ipsec-formula.pth"); \
+	old = open(path).read() if os.path.exists(path) else None; \
+	old == text or open(path, "w").write(text)' "$(CURDIR)"
 
 $(STAMP): requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -30,27 +30,19 @@ the conns it added or replaced.
 """
 
 import argparse
-import json
 import os
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for path in (HERE, os.path.join(REPO, "test"), os.path.join(REPO, "_utils")):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-import ipsec_plan  # noqa: E402
-import ipsec_reconcile  # noqa: E402
-import ipsec_render  # noqa: E402
-import plan_bench  # noqa: E402
-from labkit import loader, netns  # noqa: E402
-from labkit.pluto import IPSEC, Pluto  # noqa: E402
+import benchlib
+import ipsec_plan
+import ipsec_reconcile
+import ipsec_render
+import plan_bench
+from labkit import loader
+from labkit.pluto import IPSEC
 
 PSK = plan_bench.PSK
 NETWORKS = ("internal_api", "storage", "storage_mgmt", "tenant")
@@ -114,7 +106,7 @@ def hitless_apply(mods, plan, timings, check_all=False, initiate=True):
     old = read_files(new)
     live = mods["ipsec_pluto.loaded"]()
     t = lap("loaded", t)
-    changes = ipsec_reconcile.diff(old, new, loaded=live, prefix=plan["prefix"])
+    changes = ipsec_reconcile.diff(old, new, loaded=live)
     t = lap("diff", t)
     to_check = {p: new[p] for p in (new if check_all else changes["files"]["write"]) if p.endswith(".conf")}
     problems = mods["ipsec_pluto.checkconfig"](to_check) if to_check else []
@@ -137,13 +129,9 @@ def hitless_apply(mods, plan, timings, check_all=False, initiate=True):
     return changes
 
 
-class Bench:
+class Bench(benchlib.PlutoNode):
     def __init__(self, nodes, auto):
-        netns.sweep_stale()
-        self.workdir = tempfile.mkdtemp(prefix="ipsec-apply-bench-")
-        self.ns = netns.Namespace("bench")
-        self.ns.add_stub([address + "/64" for address in own_addresses()])
-        self.pluto = Pluto(os.path.join(self.workdir, "root"), self.ns.name)
+        super().__init__("bench", [address + "/64" for address in own_addresses()])
         self.mods = loader.minion_modules({"ipsec": {"lookup": self.pluto.lookup()}},
                                           opts={"root_dir": os.path.join(self.workdir, "salt")})
         self.pillar = make_pillar(nodes, auto)
@@ -237,17 +225,6 @@ class Bench:
         confirmed = time.perf_counter() - start
         return logged, confirmed
 
-    def close(self):
-        try:
-            self.pluto.stop()
-        finally:
-            self.ns.close()
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def median(values):
-    return statistics.median(values) if values else float("nan")
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
@@ -255,7 +232,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of (b), (d); (c) runs 2x as many")
     parser.add_argument("--plan-sizes", default="10,100,1000")
     parser.add_argument("--auto", default="add", choices=("add", "start"))
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--json", help="write the results here instead of bench/results/")
     args = parser.parse_args()
     results = {"plan": [], "auto": args.auto}
 
@@ -285,32 +262,34 @@ def main():
     finally:
         bench.close()
 
-    floor = median(floors)
-    full = median(applies)
-    one = median([c[0] for c in changes])
+    floor = benchlib.median(floors)
+    full = benchlib.median(applies)
+    one = benchlib.median([c[0] for c in changes])
     touched = max(max(c[1], c[2]) for c in changes)
-    restart_log = median([r[0] for r in restarts])
-    restart_confirmed = median([r[1] for r in restarts])
+    restart_log = benchlib.median([r[0] for r in restarts])
+    restart_confirmed = benchlib.median([r[1] for r in restarts])
 
     def breakdown(runs):
         keys = ("render", "loaded", "diff", "checkconfig", "write", "pluto", "initiate")
-        return ", ".join("{} {:.3f}".format(k, median([r.get(k, 0.0) for r in runs])) for k in keys)
+        return ", ".join("{} {:.3f}".format(k, benchlib.median([r.get(k, 0.0) for r in runs])) for k in keys)
 
     print()
     print("pluto: Libreswan in namespace {}, {} conns (auto={}), median of {} runs ((c): {})".format(
         "bench", count, args.auto, args.repeat, len(changes)))
     rows = [
-        ("(b) floor: one bare addconn, {} conns".format(count), floor, "1.00x floor", count),
-        ("(b) full apply into empty pluto", full, "{:.2f}x floor (target <= 2x)".format(full / floor), count),
-        ("(c) one changed conn, hitless", one, "baseline of (d) (target: 1 conn touched)", touched),
-        ("(d) restart: all loaded (pluto log)", restart_log, "{:.1f}x (c)".format(restart_log / one), count),
-        ("(d) restart: confirmed by loaded()", restart_confirmed, "{:.1f}x (c)".format(restart_confirmed / one),
-         count),
+        ("(b) floor: one bare batched addconn, {} conns".format(count), floor, count, ""),
+        ("(b) full apply into empty pluto", full, count, "target <= 2x floor"),
+        ("(c) one changed conn, hitless", one, touched, "target: 1 conn touched"),
+        ("(d) restart: all loaded (pluto log)", restart_log, count, "{:.1f}x (c)".format(restart_log / one)),
+        ("(d) restart: confirmed by loaded()", restart_confirmed, count,
+         "{:.1f}x (c)".format(restart_confirmed / one)),
     ]
     width = max(len(r[0]) for r in rows)
-    print("{:<{w}} {:>9} {:>8}  {}".format("step", "seconds", "touched", "ratio", w=width))
-    for label, seconds, ratio, conns in rows:
-        print("{:<{w}} {:>9.3f} {:>8}  {}".format(label, seconds, conns, ratio, w=width))
+    print("{:<{w}} {:>9} {:>8} {:>10}  {}".format("step", "seconds", "touched", "/ floor", "", w=width))
+    for label, seconds, conns, note in rows:
+        print("{:<{w}} {:>9.3f} {:>8} {:>9.2f}x  {}".format(
+            label, seconds, conns, benchlib.ratio(seconds, floor), note, w=width))
+    print("/ floor: seconds divided by the floor's, both medians of this run")
     print("touched: conns pluto deleted/added (the restart tears down every SA of every conn)")
     print()
     print("(b) full apply breakdown (s): " + breakdown(apply_timings))
@@ -319,14 +298,14 @@ def main():
         "{}/{}".format(c[1], c[2]) for c in changes))
 
     results.update({
-        "conns": count, "floor_s": floors, "full_apply_s": applies, "one_change_s": [c[0] for c in changes],
+        "conns": count, "floor_median_s": floor, "full_apply_ratio": benchlib.ratio(full, floor),
+        "one_change_ratio": benchlib.ratio(one, floor), "restart_ratio": benchlib.ratio(restart_log, floor),
+        "floor_s": floors, "full_apply_s": applies, "one_change_s": [c[0] for c in changes],
         "touched": [[c[1], c[2]] for c in changes], "restart_log_s": [r[0] for r in restarts],
         "restart_loaded_s": [r[1] for r in restarts], "full_apply_breakdown": apply_timings,
         "one_change_breakdown": change_timings,
     })
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+    benchlib.save("apply_bench", results, args.json)
     ok = full <= 2 * floor and touched == 1
     return 0 if ok else 1
 

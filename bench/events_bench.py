@@ -24,15 +24,9 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for path in (HERE, os.path.join(REPO, "test"), os.path.join(REPO, "_utils")):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-import apply_bench  # noqa: E402
-from labkit import loader  # noqa: E402
-from labkit.pluto import IPSEC  # noqa: E402
+import apply_bench  # bench/ (the script's folder); labkit and _utils: make pth
+from labkit import loader
+from labkit.pluto import IPSEC
 
 
 def timed(function):

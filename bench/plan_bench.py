@@ -10,17 +10,12 @@ Target (issue 2): 1000 nodes x 4 networks < 1 s, growth roughly linear.
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
 import tracemalloc
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "_utils"))
-
-import ipsec_plan  # noqa: E402
-import ipsec_render  # noqa: E402
+import ipsec_plan
+import ipsec_render
 
 PSK = "bench-psk-0123456789abcdef0123456789abcdef"
 def make_pillar(nodes):

@@ -1,19 +1,67 @@
-"""Shared fixtures: the repo on sys.path, temp pillar + minion, namespaces."""
+"""Shared fixtures (temp pillar + minion, namespaces, plutos) and the test
+tiers.
+
+labkit and _utils are importable through pytest.ini's ``pythonpath``.
+"""
 
 import os
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for path in (HERE, os.path.join(REPO, "_utils")):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from labkit import libreswan as libreswans
+from labkit import netns, saltenv
+from labkit.pluto import Pluto
 
-from labkit import libreswan as libreswans  # noqa: E402
-from labkit import netns, saltenv  # noqa: E402
-from labkit.pluto import Pluto  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# --- tiers (markers registered in pytest.ini) --------------------------------
+# A test's tiers follow from where it lives and what it uses, so that a new
+# test is marked without anyone thinking of it: its folder, then the
+# fixtures it requests (directly or through other fixtures). A test that
+# starts namespaces or daemons some other way says so with an explicit
+# marker. Every test ends up with at least one tier.
+DIRECTORY_TIERS = {
+    "unit": ("unit",),
+    "lab": ("lab", "salt", "netns"),
+    "vm": ("vm", "netns"),
+}
+FIXTURE_TIERS = {
+    "namespace_factory": ("netns",),
+    "pluto_factory": ("netns",),
+    "salt_node": ("salt",),
+    "salt_factories": ("salt",),
+    # The lab's ESP phases (test/lab): the same mesh replayed in the VM.
+    "esp": ("vm",),
+    "esp_join": ("vm",),
+}
+TIERS = ("unit", "netns", "salt", "lab", "vm")
+
+
+def tiers_of(item):
+    """The tier markers ``item`` gets: folder, fixtures, explicit ones."""
+    folder = os.path.relpath(str(item.path), HERE).split(os.sep)[0]
+    found = set(DIRECTORY_TIERS.get(folder, ()))
+    for name in item.fixturenames:
+        found.update(FIXTURE_TIERS.get(name, ()))
+    found.update(mark.name for mark in item.iter_markers() if mark.name in TIERS)
+    return found
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = []
+    for item in items:
+        found = tiers_of(item)
+        if not found:
+            unmarked.append(item.nodeid)
+        if "unit" in found and len(found) > 1:
+            raise pytest.UsageError("{}: a unit test cannot also be {}".format(
+                item.nodeid, "/".join(sorted(found - {"unit"}))))
+        for tier in sorted(found):
+            item.add_marker(tier)
+    if unmarked:
+        raise pytest.UsageError("tests without a tier marker (unit, netns, salt, lab, vm; see "
+                                "test/conftest.py): " + ", ".join(unmarked))
+
 
 # Long enough for every test key check.
 PSK = "test-psk-Zq8v1XbN3mKp7RtY5wLc2HdJ9sFg4"

@@ -25,23 +25,17 @@ import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "test"))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "_utils"))
+import ipsec_status
 
-from labkit import examples  # noqa: E402
-from labkit import labvm, vm  # noqa: E402
-from labkit.lab import Lab  # noqa: E402
+from labkit import examples, labvm, tunnels, vm
+from labkit.lab import Lab
 
 
 def established_ike(status):
-    """Names of conns with an established IKE SA, from `ipsec status` text."""
-    names = set()
-    for line in status.splitlines():
-        text = line[4:] if line[:4] in ("000 ", "006 ") else line
-        if text.startswith("#") and "established IKE SA" in text and '"' in text:
-            names.add(text.split('"')[1])
-    return names
+    """Names of conns with an established IKE SA, from `ipsec status` text
+    (the formula's own parser)."""
+    serials = tunnels.established_serials(ipsec_status.parse_status(status))
+    return {name for name, sas in serials.items() if sas["ike"]}
 
 
 def log_step(command, seconds, rc, data):

@@ -204,6 +204,7 @@ def plan_or_refusal(pillar):
     return plan
 
 
+@pytest.mark.unit
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(pillars())
 def test_hostile_pillar_is_refused_or_renders_only_validated_lines(pillar):
@@ -250,6 +251,7 @@ def running_pluto(tmp_path_factory):
           "{refused_by_algparse} refused by algparse, {loaded_by_pluto} loaded by pluto".format(**COUNTS))
 
 
+@pytest.mark.netns  # running_pluto: its own namespace
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                                    HealthCheck.function_scoped_fixture])
 @given(pillar=pillars())

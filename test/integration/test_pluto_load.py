@@ -21,11 +21,7 @@ KERNEL_PROBES = ("xfrmi is not supported", ": kernel: ")
 def _up_node(node_id, salt_node, namespace_factory, pluto_factory, tmp_path, with_vips=False):
     ns = namespace_factory(node_id.split("-")[0][:4])
     addresses = examples.THREE_NODES[node_id]
-    prefixes = {"ctlplane": 24, "internal_api": 25, "storage": 24, "tenant": 64}
-    cidrs = ["{}/{}".format(addr, prefixes[net]) for net, addr in sorted(addresses.items())]
-    if with_vips:
-        cidrs += ["198.51.100.100/32", "198.51.100.101/32", "203.0.113.100/32"]
-    ns.add_stub(cidrs)
+    ns.add_stub(examples.node_cidrs(addresses, vips=with_vips))
     pluto = pluto_factory(tmp_path / node_id, ns.name)
     factory = salt_node(node_id, examples.own_ips(node_id), examples.pillar(lookup=pluto.lookup()))
     cli = factory.salt_call_cli(timeout=120)

@@ -82,7 +82,7 @@ def lab(salt_node, namespace_factory, pluto_factory, tmp_path):
             pillar = examples.pillar(nodes=NODES, lookup=pluto.lookup(), **extra)
             factory = salt_node(node_id, examples.own_ips(node_id, NODES), pillar)
             nodes[node_id] = LabNode(node_id, ns, pluto, factory, pillar)
-        cidrs = {node_id: tunnels.node_cidrs(NODES[node_id], vips=node_id == HOLDER) for node_id in nodes}
+        cidrs = {node_id: examples.node_cidrs(NODES[node_id], vips=node_id == HOLDER) for node_id in nodes}
         if len(nodes) == 2:
             a, b = nodes.values()
             netns.link(a.ns, b.ns, cidrs[a.id], cidrs[b.id])

@@ -4,9 +4,13 @@ THREE_NODES: two controllers (cluster nodes sharing the VIPs) and one
 compute node, on internal_api (with VIP and the redis VIP), storage (with
 VIP; the compute node is not on it), tenant (IPv6) and ctlplane (never
 tunneled).
+
+The one place the example's addresses are written: the lab, the demo, the
+pacemaker and tunnel tests take networks, node addresses and VIPs from here.
 """
 
 import copy
+import ipaddress
 
 PSK = "demo-psk-4f8a1c0e9b7d2a6c5e3f1b8d7a9c0e2f"
 
@@ -48,6 +52,28 @@ JOINING = {
 FOUR_NODES = dict(THREE_NODES, **JOINING)
 CLUSTER_NODES = ["controller-0", "controller-1"]
 REDIS_VIP = "198.51.100.101"
+# Every VIP of the example by name: the network VIPs and the redis extra VIP.
+VIPS = dict({name: net["vip"] for name, net in NETWORKS.items() if net.get("vip")}, redis=REDIS_VIP)
+
+
+def host_prefix(address):
+    """``address/32`` or ``address/128``: how a VIP sits on its holder."""
+    return "{}/{}".format(address, 128 if ":" in address else 32)
+
+
+def prefix_length(network):
+    return ipaddress.ip_network(NETWORKS[network]["cidr"]).prefixlen
+
+
+def in_network(address, network):
+    return ipaddress.ip_address(address) in ipaddress.ip_network(NETWORKS[network]["cidr"])
+
+
+def node_cidrs(addresses, vips=False):
+    """A node's addresses ({network: address}) in CIDR form (its network's
+    prefix length), plus every VIP as a host address on the VIP holder."""
+    cidrs = ["{}/{}".format(address, prefix_length(net)) for net, address in sorted(addresses.items())]
+    return cidrs + ([host_prefix(vip) for vip in VIPS.values()] if vips else [])
 
 
 def pillar(nodes=THREE_NODES, lookup=None, inventory=True, **extra):

@@ -32,12 +32,9 @@ import sys
 import time
 import traceback
 
-if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import ipsec_status
 
-from labkit import examples, labvm, tunnels  # noqa: E402
-
-import ipsec_status  # noqa: E402  (labvm put _utils on sys.path)
+from labkit import examples, labvm, tunnels
 
 VM_TIMEOUT = 1500
 VM_CPUS = 2

@@ -27,17 +27,13 @@ import sys
 import time
 import traceback
 
+import ipsec_status
+import ipsec_verify
+
+from labkit import examples
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_DIR = os.path.dirname(HERE)
-REPO = os.path.dirname(TEST_DIR)
-for _path in (TEST_DIR, os.path.join(REPO, "_utils")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import ipsec_status  # noqa: E402
-import ipsec_verify  # noqa: E402
-
-from labkit import examples  # noqa: E402
 
 PORT = 7777
 COUNT = 10
@@ -125,23 +121,15 @@ def _prepare_salt_call(lab, job_dir, node_id, ipsec_pillar=None, name="salt-call
     """A masterless minion config for one node under JOB_DIR/<name> (the
     example's inventory pillar instead of the mine, the node's own pluto):
     the VM runs ``salt-call --local`` with it."""
-    import yaml
     from labkit import saltenv
     node = lab.nodes[node_id]
     base = os.path.join(job_dir, name)
     pillar_dir = os.path.join(base, "pillar")
-    os.makedirs(pillar_dir, exist_ok=True)
-    config = saltenv.minion_overrides(pillar_dir)
-    config.update({"id": node_id, "root_dir": "/tmp/{}-root".format(name), "log_level_logfile": "quiet"})
-    with open(os.path.join(base, "minion"), "w") as handle:
-        yaml.safe_dump(config, handle)
-    with open(os.path.join(pillar_dir, "top.sls"), "w") as handle:
-        yaml.safe_dump({"base": {"*": ["ipsec"]}}, handle)
+    saltenv.write_minion_config(base, node_id, pillar_dir, root_dir="/tmp/{}-root".format(name),
+                                log_level_logfile="quiet")
     if ipsec_pillar is None:
         ipsec_pillar = examples.pillar()
-    with open(os.path.join(pillar_dir, "ipsec.sls"), "w") as handle:
-        handle.write("#!yaml\n")
-        yaml.safe_dump({"ipsec": dict(ipsec_pillar, lookup=node.pluto.lookup())}, handle)
+    saltenv.write_pillar(pillar_dir, dict(ipsec_pillar, lookup=node.pluto.lookup()))
     with open(os.path.join(base, "node"), "w") as handle:
         handle.write(node_id)
     return base
@@ -263,7 +251,7 @@ def _traffic(mesh, plans, vip_holder, job_dir, facts, name="udp"):
         for node_id, node in mesh.nodes.items():
             addresses = sorted(node.addresses.values())
             if node_id == vip_holder:
-                addresses += [v for v in _vips() if v not in addresses]
+                addresses += [v for v in examples.VIPS.values() if v not in addresses]
             ready = os.path.join(work, node_id + ".ready")
             servers.append((ready, subprocess.Popen(
                 ["ip", "netns", "exec", node.ns.name, sys.executable, udp, "serve", ready, stop, str(PORT)]
@@ -346,17 +334,13 @@ def _child_serials(mesh):
     negotiations still cross and replace each other."""
     out = {}
     for node_id, node in mesh.nodes.items():
-        out[node_id] = sorted(line.split(",")[0] for line in node.pluto.trafficstatus().splitlines() if "#" in line)
+        out[node_id] = sorted((sa["serial"], sa["name"]) for sa in ipsec_status.parse_traffic(node.pluto.trafficstatus()))
     return out
 
 
 def mesh_nodes(mesh):
     """{node: {network: address}} of the nodes the mesh has now."""
     return {node_id: node.addresses for node_id, node in mesh.nodes.items()}
-
-
-def _vips():
-    return [net["vip"] for net in examples.NETWORKS.values() if net.get("vip")] + [examples.REDIS_VIP]
 
 
 def clear_run_state(node):

@@ -1,11 +1,18 @@
-"""The formula's execution modules loaded in-process by Salt's own loader.
+"""The one way tests and benchmarks load the formula's Salt modules in-process.
 
-``minion_modules(pillar, grains=..., opts=...)`` returns the loader's
-``__salt__`` mapping (``mods["ipsec_pluto.add"](...)``) with the real
-``cmd.run_all``, ``ipsec.lookup`` and the repository's ``_utils``: the code
-path of ``salt-call --local`` without its ~2 s start-up per call, for tests
-and benchmarks that call many functions. Pillar and grains are given
-directly (nothing is compiled or detected).
+- ``minion_modules(pillar, grains=..., opts=...)``: Salt's own loader; the
+  loader's ``__salt__`` mapping (``mods["ipsec_pluto.add"](...)``) with the
+  real ``cmd.run_all``, ``ipsec.lookup`` and the repository's ``_utils``:
+  the code path of ``salt-call --local`` without its ~2 s start-up per
+  call, for tests and benchmarks that call many functions against a real
+  pluto. Pillar and grains are given directly (nothing is compiled or
+  detected).
+- ``load_file(kind, name, **dunders)``: a fresh copy of one module with
+  plain-dict dunders, for unit tests of the Salt glue with Salt's own
+  functions faked (``utils_functions()`` is the ``__utils__`` to give it);
+- ``formula_module(pillar, ...)``: ``_modules/ipsec.py`` so loaded and
+  wired to its siblings (``ipsec.lookup``, ``ipsec_pluto.*``), which run
+  through whatever ``cmd.run_all`` the test puts in ``__salt__``.
 """
 
 import copy
@@ -71,6 +78,22 @@ def load_file(kind, name, **dunders):
     spec.loader.exec_module(module)
     for key, value in dunders.items():
         setattr(module, key, value)
+    return module
+
+
+def formula_module(pillar, grains=None, opts=None, salt=None, context=None):
+    """``_modules/ipsec.py`` for a unit test: ``__pillar__`` is ``{"ipsec":
+    pillar}``, ``__utils__`` the repository's ``_utils``, ``__salt__`` the
+    given fakes (e.g. ``cmd.run_all``, ``mine.get``; the same dict, so a
+    test may add or replace fakes later) plus ``ipsec.lookup`` and the
+    ``ipsec_pluto`` functions."""
+    salt = {} if salt is None else salt
+    context = {} if context is None else context
+    utils = utils_functions()
+    module = load_file("_modules", "ipsec", __pillar__={"ipsec": pillar}, __grains__=dict(grains or {}),
+                       __opts__=dict(opts or {}), __context__=context, __salt__=salt, __utils__=utils)
+    salt["ipsec.lookup"] = module.lookup
+    with_pluto(salt, utils, context)
     return module
 
 

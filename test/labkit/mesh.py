@@ -9,7 +9,6 @@ plutos on the files the formula wrote on the host. Only light imports here:
 Python under emulation is slow to import.
 """
 
-import ipaddress
 import os
 
 from labkit import examples, netns
@@ -20,22 +19,6 @@ MASTER_ADDRESS = "198.51.100.129"
 
 def bridge(network):
     return "br-" + network[:11]
-
-
-def in_network(address, network):
-    return ipaddress.ip_address(address) in ipaddress.ip_network(examples.NETWORKS[network]["cidr"])
-
-
-def all_vips():
-    return [net["vip"] for net in examples.NETWORKS.values() if net.get("vip")] + [examples.REDIS_VIP]
-
-
-def _prefix(network):
-    return examples.NETWORKS[network]["cidr"].split("/")[1]
-
-
-def host_prefix(address):
-    return "{}/{}".format(address, 128 if ":" in address else 32)
 
 
 class MeshNode:
@@ -50,15 +33,15 @@ class MeshNode:
     def vip_dev(self, vip):
         """The node's device on the network of ``vip``."""
         for network, dev in self.devs.items():
-            if in_network(vip, network):
+            if examples.in_network(vip, network):
                 return dev
         raise KeyError(vip)
 
     def add_vip(self, vip):
-        self.ns.add_address(self.vip_dev(vip), host_prefix(vip))
+        self.ns.add_address(self.vip_dev(vip), examples.host_prefix(vip))
 
     def del_vip(self, vip):
-        self.ns.exec(["ip", "addr", "del", host_prefix(vip), "dev", self.vip_dev(vip)])
+        self.ns.exec(["ip", "addr", "del", examples.host_prefix(vip), "dev", self.vip_dev(vip)])
 
     def has_address(self, address):
         out = self.ns.exec(["ip", "-o", "addr", "show", "to", address], check=False).stdout
@@ -87,7 +70,7 @@ class Mesh:
         for network in examples.NETWORKS:
             self.switch.exec(["ip", "link", "add", bridge(network), "type", "bridge"])
             self.switch.exec(["ip", "link", "set", bridge(network), "up"])
-        self.switch.add_address(bridge("ctlplane"), "{}/{}".format(MASTER_ADDRESS, _prefix("ctlplane")))
+        self.switch.add_address(bridge("ctlplane"), "{}/{}".format(MASTER_ADDRESS, examples.prefix_length("ctlplane")))
         for node_id, addresses in nodes.items():
             self.add_node(node_id, addresses)
 
@@ -99,8 +82,8 @@ class Mesh:
         for network, address in sorted(addresses.items()):
             extra = []
             if node_id == self.vip_holder:
-                extra = [host_prefix(v) for v in all_vips() if in_network(v, network)]
-            dev, port = netns.link(node.ns, self.switch, ["{}/{}".format(address, _prefix(network))] + extra, [])
+                extra = [examples.host_prefix(v) for v in examples.VIPS.values() if examples.in_network(v, network)]
+            dev, port = netns.link(node.ns, self.switch, examples.node_cidrs({network: address}) + extra, [])
             node.devs[network] = dev
             self.switch.exec(["ip", "link", "set", port, "master", bridge(network)])
         return node

@@ -11,8 +11,6 @@ from labkit.pluto import Pluto
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 AGENT = os.path.join(REPO, "ipsec", "files", "ocf", "vip-tunnel")
 STATE_ID = "ipsec-pacemaker-vip-resources-managed"
-# The example's VIPs (network VIPs and the redis extra VIP).
-VIPS = {"internal_api": "198.51.100.100", "storage": "203.0.113.100", "redis": "198.51.100.101"}
 
 
 def states(result):
@@ -28,7 +26,7 @@ def changed(result):
 class PacemakerNode:
     """One formula node applying to a file CIB."""
 
-    def __init__(self, salt_node, tmp_path, node_id="controller-0", vips=tuple(VIPS.values())):
+    def __init__(self, salt_node, tmp_path, node_id="controller-0", vips=tuple(examples.VIPS.values())):
         self.tmp_path = tmp_path
         self.node_id = node_id
         self.layout = Pluto(tmp_path / "root-{}".format(node_id))

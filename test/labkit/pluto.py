@@ -12,6 +12,8 @@ import re
 import subprocess
 import time
 
+import ipsec_status
+
 from labkit import libreswan as libreswans
 
 ADDCONN_ECHO = re.compile(r"^[^\n]*?\d\d:\d\d:\d\d\.\d+: addconn: ")
@@ -37,6 +39,9 @@ def without_child_revivals(text):
             continue
         kept.append(line)
     return "".join(kept)
+
+
+IPSEC = "/usr/sbin/ipsec"  # Debian's 4.10 (benches); tests take labkit.libreswan
 
 
 class Pluto:
@@ -122,13 +127,8 @@ class Pluto:
         return self.whack("--trafficstatus").stdout
 
     def connection_names(self):
-        """Names of loaded conns, from the status connection list."""
-        names = set()
-        for line in self.status().splitlines():
-            text = line[4:] if line[:4] in ("000 ", "006 ") else line
-            if text.startswith('"') and '":' in text:
-                names.add(text[1:text.index('"', 1)])
-        return names
+        """Names of loaded conns (the formula's own reading of the status)."""
+        return set(ipsec_status.parse_loaded(self.status()))
 
     def raw_log(self):
         try:

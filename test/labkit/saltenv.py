@@ -29,6 +29,17 @@ def minion_overrides(pillar_dir, grains=None):
     return overrides
 
 
+def write_minion_config(config_dir, node_id, pillar_dir, grains=None, **extra):
+    """A masterless minion's config, CONFIG_DIR/minion, for ``salt-call
+    --local -c CONFIG_DIR`` (the demo's VM phase, the salt bench)."""
+    config = minion_overrides(pillar_dir, grains)
+    config.update(extra, id=node_id)
+    os.makedirs(str(config_dir), exist_ok=True)
+    with open(os.path.join(str(config_dir), "minion"), "w") as handle:
+        yaml.safe_dump(config, handle)
+    return str(config_dir)
+
+
 def write_pillar(pillar_dir, ipsec, extra=None):
     """Write top.sls + ipsec.sls so every minion gets ``ipsec`` (and ``extra``)."""
     os.makedirs(str(pillar_dir), exist_ok=True)

@@ -1,10 +1,13 @@
-"""Tunnels between formula nodes in network namespaces, for verify tests.
+"""Helpers for watching tunnels come up, shared by the tunnel tests, the
+lab, its VM phases and the demo (no class: the nodes themselves are
+labkit.mesh / labkit.lab / the tests' fixtures):
 
-A lab node is a namespace holding the node's addresses (and, on the VIP
-holder, the VIP addresses), an isolated pluto on the node's temp root, and a
-salt-call --local minion whose pillar points the formula at that root.
-Nodes are linked by one veth pair per pair of nodes; everything stays in
-documentation ranges.
+- ``wait_until(check, timeout)``: poll until something is true;
+- ``in_parallel(*calls)``: run salt-calls of several nodes side by side;
+- ``established_serials(status)``: the SA serials of a parsed status (the
+  formula's own parser, ``ipsec_status.parse_status``);
+- ``esp_available()``: what this machine can do (the Libreswan installs:
+  labkit.libreswan).
 """
 
 import functools
@@ -12,18 +15,9 @@ import ipaddress
 import threading
 import time
 
-from labkit import examples, netns
+import ipsec_status
 
-PREFIX_LENGTHS = {
-    name: ipaddress.ip_network(net["cidr"]).prefixlen for name, net in examples.NETWORKS.items()
-}
-VIP_CIDRS = ["198.51.100.100/32", "198.51.100.101/32", "203.0.113.100/32"]
-
-
-def node_cidrs(addresses, vips=False):
-    """The node's addresses in CIDR form (its network's prefix length)."""
-    cidrs = ["{}/{}".format(address, PREFIX_LENGTHS[net]) for net, address in sorted(addresses.items())]
-    return cidrs + (list(VIP_CIDRS) if vips else [])
+from labkit import netns
 
 
 def wait_until(check, timeout, interval=0.2, what="condition"):

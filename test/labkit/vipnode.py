@@ -15,7 +15,7 @@ from labkit import examples
 
 OCF_ROOT = "/usr/lib/ocf"
 NET = "internal_api"
-VIP = "198.51.100.100"
+VIP = examples.VIPS[NET]
 SERVER = "overcloud-internal_api-vip-tunnel"
 CLIENT = "overcloud-internal_api-node-to-vip-tunnel"
 RESOURCE = "tripleo-ipsec-internal_api"
@@ -23,10 +23,10 @@ ADDRESSES = {"controller-0": "198.51.100.10", "controller-1": "198.51.100.11"}
 
 
 def pillar():
-    """Two cluster nodes on internal_api (VIP 198.51.100.100), nothing else."""
+    """Two cluster nodes on internal_api (and its VIP), nothing else."""
     return {
         "psk": examples.PSK,
-        "networks": {NET: {"cidr": "198.51.100.0/25", "vip": VIP}},
+        "networks": {NET: dict(examples.NETWORKS[NET])},
         "skip_networks": [],
         "cluster": {"nodes": sorted(ADDRESSES)},
         "nodes": {node: {"addresses": {NET: address}} for node, address in ADDRESSES.items()},

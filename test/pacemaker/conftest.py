@@ -2,7 +2,8 @@
 
 import pytest
 
-from labkit.pcmknode import VIPS, PacemakerNode
+from labkit.examples import VIPS
+from labkit.pcmknode import PacemakerNode
 
 
 @pytest.fixture

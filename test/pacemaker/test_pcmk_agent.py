@@ -51,6 +51,7 @@ def wait_for(predicate, timeout=15.0):
 
 # --- static -----------------------------------------------------------------
 
+@pytest.mark.unit
 def test_meta_data_is_valid_against_the_resource_agents_dtd_and_schema():
     meta = subprocess.run([AGENT, "meta-data"], capture_output=True, text=True, env={"OCF_ROOT": "/usr/lib/ocf"})
     assert meta.returncode == 0
@@ -67,6 +68,7 @@ def test_meta_data_is_valid_against_the_resource_agents_dtd_and_schema():
     assert actions == ["start", "stop", "monitor", "validate-all", "meta-data"]
 
 
+@pytest.mark.unit
 def test_agent_is_posix_sh_and_logs_nowhere_but_ocf_log():
     syntax = subprocess.run(["dash", "-n", AGENT], capture_output=True, text=True)
     assert syntax.returncode == 0, syntax.stderr

@@ -14,7 +14,7 @@ import ipsec_cib
 import ipsec_plan
 
 from labkit import examples, pcmk, saltenv
-from labkit.pcmknode import VIPS
+from labkit.examples import VIPS
 from labkit.pluto import Pluto
 
 

@@ -10,7 +10,8 @@ import xml.etree.ElementTree as ET
 
 
 from labkit import examples, pcmk, saltenv
-from labkit.pcmknode import AGENT, STATE_ID, VIPS, changed, states
+from labkit.examples import VIPS
+from labkit.pcmknode import AGENT, STATE_ID, changed, states
 
 AGENT_NAME = ("ocf", "ipsec-formula", "vip-tunnel")
 

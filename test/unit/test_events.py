@@ -10,7 +10,7 @@ from salt.exceptions import SaltInvocationError
 import ipsec_events
 import ipsec_status
 import ipsec_verify
-from test_status_real import capture, plan
+from labkit import capture as captures
 
 LEVEL = "child"
 
@@ -172,8 +172,8 @@ def test_pillar_errors_name_the_key(conf, key):
 
 @pytest.mark.parametrize("node", ["controller-0", "compute-0"])
 def test_metrics_of_real_esp_status_parse_and_match_the_status(node):
-    built = plan(node)
-    live = ipsec_status.parse_status(*capture(node))
+    built = captures.node_plan(node, 4)
+    live = ipsec_status.parse_status(*captures.load("4.10", "esp", node))
     verdict = ipsec_verify.verify(built, live, LEVEL)
     rows = ipsec_events.tunnels(verdict, built, live)
     text = ipsec_events.metrics_text(rows, live["summary"], node, LEVEL)
@@ -223,8 +223,8 @@ def test_metrics_of_real_esp_status_parse_and_match_the_status(node):
 
 def test_vip_server_rows_per_client_with_peer_minion_id():
     node = "controller-0"
-    built = plan(node)
-    live = ipsec_status.parse_status(*capture(node))
+    built = captures.node_plan(node, 4)
+    live = ipsec_status.parse_status(*captures.load("4.10", "esp", node))
     rows = ipsec_events.tunnels(ipsec_verify.verify(built, live, LEVEL), built, live)
     server = {k: r for k, r in rows.items() if r["role"] == "vip-server"}
     assert server and all("/" in key for key in server)

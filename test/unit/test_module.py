@@ -1,7 +1,6 @@
 """The execution module's Salt glue, with the dunders patched (pure logic:
 the real loader runs in the functional tests)."""
 
-import importlib.util
 import os
 
 import pytest
@@ -28,14 +27,7 @@ def load_module(pillar, grains=None, mine=None, calls=None):
         return {"retcode": 0, "stdout": "ok", "stderr": ""}
 
     salt = {"mine.get": mine_get, "cmd.run_all": run_all, "match.grain": lambda expr: expr == "roles:controller"}
-    context = {}
-    utils = loader.utils_functions()
-    module = loader.load_file("_modules", "ipsec", __pillar__={"ipsec": pillar}, __grains__=grains or {},
-                              __opts__={"id": "controller-0"}, __context__=context, __salt__=salt,
-                              __utils__=utils)
-    salt["ipsec.lookup"] = module.lookup
-    loader.with_pluto(salt, utils, context)
-    return module
+    return loader.formula_module(pillar, grains, {"id": "controller-0"}, salt)
 
 
 def test_lookup_defaults_live_in_one_place():

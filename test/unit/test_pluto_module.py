@@ -2,21 +2,12 @@
 faked: command lines, batching, verdicts and errors. The real pluto is in
 test/integration/test_pluto_ops.py."""
 
-import importlib.util
 import os
 
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-import ipsec_files
-import ipsec_reconcile
-import ipsec_status
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-UTILS = {"ipsec_status." + name: getattr(ipsec_status, name)
-         for name in ("parse_addconn", "parse_loaded", "whack_errors", "secrets_report", "parse_version")}
-UTILS.update({"ipsec_reconcile." + name: getattr(ipsec_reconcile, name) for name in ("parse_conf", "conf_names")})
-UTILS["ipsec_files.edit_conf"] = ipsec_files.edit_conf
+from labkit import loader
 
 
 class Fake:
@@ -40,10 +31,6 @@ class Fake:
 @pytest.fixture
 def make(tmp_path):
     def build(answer):
-        spec = importlib.util.spec_from_file_location("ipsec_pluto_under_test",
-                                                      os.path.join(REPO, "_modules", "ipsec_pluto.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
         socket = tmp_path / "pluto.ctl"
         socket.write_text("")
         config = tmp_path / "ipsec.conf"
@@ -51,9 +38,8 @@ def make(tmp_path):
         fake = Fake(answer)
         lookup = {"ipsec_bin": "/bin/true", "ctlsocket": str(socket), "config_file": str(config),
                   "algparse": "/bin/true"}
-        mod.__salt__ = {"ipsec.lookup": lambda: dict(lookup), "cmd.run_all": fake.run_all}
-        mod.__utils__ = UTILS
-        mod.__context__ = {}
+        mod = loader.load_file("_modules", "ipsec_pluto", __context__={}, __utils__=loader.utils_functions(),
+                               __salt__={"ipsec.lookup": lambda: dict(lookup), "cmd.run_all": fake.run_all})
         mod._run_tty = fake.tty
         return mod, fake, lookup
     return build

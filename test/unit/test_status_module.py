@@ -6,31 +6,15 @@ The real whack and pluto are in test/integration/test_status_pluto.py; the
 status texts here are DERIVED (labkit.statustext).
 """
 
-import importlib.util
 import os
 
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-import ipsec_plan
-import ipsec_status
-import ipsec_verify
 from labkit import examples, loader
 from labkit.statustext import Conn, render
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-UTILS = {
-    "ipsec_plan.build_plan": ipsec_plan.build_plan,
-    "ipsec_plan.parse_cluster": ipsec_plan.parse_cluster,
-    "ipsec_plan.algorithm_sources": ipsec_plan.algorithm_sources,
-    "ipsec_status.parse_status": ipsec_status.parse_status,
-    "ipsec_verify.verify": ipsec_verify.verify,
-}
 NODES = {name: examples.THREE_NODES[name] for name in ("controller-0", "compute-0")}
-
-
-def load(kind, name):
-    return loader.load_file(kind, "ipsec")
 
 
 class FakeWhack:
@@ -49,19 +33,13 @@ class FakeWhack:
 
 @pytest.fixture
 def module(tmp_path):
-    mod = load("_modules", "ipsec_module_under_test")
     socket = tmp_path / "pluto.ctl"
     socket.write_text("")
-    mod.__pillar__ = {"ipsec": examples.pillar(nodes=NODES, libreswan_version="4.10", lookup={
-        "ipsec_bin": "/bin/true", "ctlsocket": str(socket), "config_dir": str(tmp_path)})}
-    mod.__grains__ = {"os_family": "Debian", "ipv4": ["198.51.100.20", "198.51.100.140"],
-                      "ipv6": ["2001:db8:0:1::20"]}
-    mod.__opts__ = {"id": "compute-0"}
-    mod.__context__ = {}
-    mod.__utils__ = loader.utils_functions()
-    mod.__salt__ = {}
-    mod.__salt__["ipsec.lookup"] = mod.lookup
-    loader.with_pluto(mod.__salt__, mod.__utils__, mod.__context__)
+    mod = loader.formula_module(
+        examples.pillar(nodes=NODES, libreswan_version="4.10", lookup={
+            "ipsec_bin": "/bin/true", "ctlsocket": str(socket), "config_dir": str(tmp_path)}),
+        grains={"os_family": "Debian", "ipv4": ["198.51.100.20", "198.51.100.140"], "ipv6": ["2001:db8:0:1::20"]},
+        opts={"id": "compute-0"})
     mod.socket = str(socket)
     return mod
 
@@ -184,7 +162,7 @@ DOWN = {"result": False, "comment": "1 of 4 planned conns are not as planned (le
 
 @pytest.fixture
 def state(monkeypatch):
-    mod = load("_states", "ipsec_state_under_test")
+    mod = loader.load_file("_states", "ipsec")
     mod.__opts__ = {"test": False}
     mod.__context__ = {"retcode": 0}
     sleeps = []

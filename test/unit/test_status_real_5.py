@@ -28,12 +28,12 @@ def ike():
 
 
 @pytest.fixture(scope="module")
-def esp():
+def vm_capture():
     return capture.parsed("5.3.2", "vm-esp", ("a", "b"))
 
 
-def test_version_prefixes_and_summaries(ike, esp):
-    for parsed in list(ike.values()) + list(esp.values()):
+def test_version_prefixes_and_summaries(ike, vm_capture):
+    for parsed in list(ike.values()) + list(vm_capture.values()):
         assert (parsed["version"], parsed["pluto_version"]) == ("5", "5.3")
         assert parsed["version_source"] == "pluto_version 5.3"
         conns = parsed["connections"].values()
@@ -87,9 +87,9 @@ def test_verify_ike_level_passes_child_level_names_the_missing_child_sas(ike, no
     assert child["failed"] and all("no established Child SA" in r for r in child["failed"].values()), child["failed"]
 
 
-def test_esp_child_sa_pairs_spis_and_counts_bytes_both_ways(esp):
-    [a_child] = esp["a"]["connections"]["vm-esp"]["child_sas"]
-    [b_child] = esp["b"]["connections"]["vm-esp"]["child_sas"]
+def test_esp_child_sa_pairs_spis_and_counts_bytes_both_ways(vm_capture):
+    [a_child] = vm_capture["a"]["connections"]["vm-esp"]["child_sas"]
+    [b_child] = vm_capture["b"]["connections"]["vm-esp"]["child_sas"]
     for child in (a_child, b_child):
         assert child["established"] and child["state"] == "ESTABLISHED_CHILD_SA" and child["protocol"] == "esp"
         assert child["ike_sa"] == 1 and child["bytes_exact"]
@@ -98,4 +98,4 @@ def test_esp_child_sa_pairs_spis_and_counts_bytes_both_ways(esp):
     assert a_child["out_bytes"] == b_child["in_bytes"] > 0
     assert a_child["in_bytes"] == b_child["out_bytes"] > 0
     assert (a_child["traffic_id"], b_child["traffic_id"]) == ("198.51.100.2", "198.51.100.1")
-    assert esp["a"]["connections"]["vm-esp"]["routing"] == "routed-tunnel"
+    assert vm_capture["a"]["connections"]["vm-esp"]["routing"] == "routed-tunnel"

@@ -21,10 +21,10 @@ import tempfile
 import time
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import ipsec_status
 
-from labkit import libreswan, netns  # noqa: E402
-from labkit.pluto import Pluto  # noqa: E402
+from labkit import libreswan, netns
+from labkit.pluto import Pluto
 
 CONN = "vm-esp"
 ESP = "aes_gcm128-null"
@@ -45,13 +45,12 @@ conn {name}
 \tauto=add
 """
 
-TRAFFIC = re.compile(r'"(?P<conn>[^"]+)".*type=ESP.*inBytes=(?P<inb>\d+), outBytes=(?P<outb>\d+)')
-
-
 def traffic(pluto):
-    out = pluto.whack("--trafficstatus").stdout
-    rows = [m.groupdict() for m in TRAFFIC.finditer(out)]
-    return {"text": out, "rows": [{"conn": r["conn"], "in": int(r["inb"]), "out": int(r["outb"])} for r in rows]}
+    """--trafficstatus text and its ESP records (the formula's own parser)."""
+    out = pluto.trafficstatus()
+    rows = [{"conn": r["name"], "in": r["in_bytes"], "out": r["out_bytes"]}
+            for r in ipsec_status.parse_traffic(out) if r["type"] == "ESP"]
+    return {"text": out, "rows": rows}
 
 
 def xfrm_states(ns):
