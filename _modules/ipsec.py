@@ -221,6 +221,7 @@ def _check_algorithms(conf, built):
 def build(check_algorithms=True):
     """The plan as a Python dict (for the formula's states); see ``plan``."""
     conf = _conf()
+    keys = __utils__["ipsec_keys.parse_keys"](conf)
     found = version()
     major = found["major"] or FALLBACK_MAJOR
     built = __utils__["ipsec_plan.build_plan"](
@@ -231,7 +232,9 @@ def build(check_algorithms=True):
         config_dir=lookup()["config_dir"],
         cluster_node=_cluster_node(conf),
         mine_data=_mine_data(conf),
+        require_psk=keys["mode"] == "shared",
     )
+    __utils__["ipsec_keys.adapt_plan"](built, conf)
     if found["major"] is None:
         built["warnings"].append("Libreswan not installed: planned for {}.x keywords".format(FALLBACK_MAJOR))
     if check_algorithms:

@@ -99,7 +99,7 @@ def _write(path, text, mode):
 def _desired_files():
     """plan, {path: (kind, text, mode)} - everything checked, nothing written."""
     plan = __salt__["ipsec.build"]()
-    psk = __pillar__["ipsec"]["psk"]
+    psk = __utils__["ipsec_keys.secret_source"](__pillar__["ipsec"])
     texts = __utils__["ipsec_render.render_files"](plan, psk)
     desired = {
         path: (meta["kind"], texts[path], meta["mode"])

@@ -37,7 +37,7 @@ KNOWN_KEYS = {
         "psk", "prefix", "algorithm", "ike_algorithm", "networks",
         "extra_vips", "skip_networks", "conn_options", "nodes", "mine",
         "cluster", "pacemaker", "firewall", "config_setup",
-        "libreswan_version", "lookup", "clean",
+        "libreswan_version", "lookup", "clean", "keys",
     },
     "networks": {"cidr", "vip", "algorithm", "ike_algorithm", "conn_options"},
     "extra_vips": {"network", "address"},
@@ -639,7 +639,7 @@ def algorithm_sources(conf):
 
 
 def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
-               cluster_node=False, mine_data=None):
+               cluster_node=False, mine_data=None, require_psk=True):
     """Compute the plan of one node.
 
     conf:        the ``ipsec`` pillar subtree (dict)
@@ -650,10 +650,11 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
     cluster_node: whether this node runs pacemaker (gets VIP server conns)
     mine_data:   {minion_id: {network: address}} used when ``ipsec:nodes``
                  is absent
+    require_psk: False in derived key mode (``ipsec:keys``, _utils/ipsec_keys.py)
     """
     conf = _mapping(conf, "")
     warnings = unknown_keys("", conf, "")
-    problem = psk_problem(conf.get("psk"))
+    problem = psk_problem(conf.get("psk")) if require_psk else None
     if problem:
         fail("psk", problem)
     prefix = _name(conf.get("prefix", DEFAULT_PREFIX), "prefix", "prefix")
