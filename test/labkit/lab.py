@@ -59,6 +59,10 @@ class Lab:
         self.workdir = workdir or tempfile.mkdtemp(prefix="ipsec-lab-")
         self.vip_holder = vip_holder
         self.network_options = {}
+        # Extra master config (labkit.labkeys: ext_pillar) and top-level
+        # ``ipsec`` pillar keys of the example (None: key removed).
+        self.master_extra = {}
+        self.ipsec_overrides = {}
         self.mesh = None
         self.nodes = {}
         self.switch = None
@@ -96,6 +100,7 @@ class Lab:
             "pillar_roots": {"base": [self.pillar_dir]},
             "log_level_logfile": "info",
         }
+        config.update(self.master_extra)
         self.master = _start_daemon(self.switch.name, "salt-master", self.master_dir, config)
         for node in self.nodes.values():
             node.start_minion()
@@ -146,6 +151,11 @@ class Lab:
         }
         for network, options in self.network_options.items():
             common["ipsec"]["networks"][network].update(options)
+        for key, value in self.ipsec_overrides.items():
+            if value is None:
+                common["ipsec"].pop(key, None)
+            else:
+                common["ipsec"][key] = value
         # The lab's nodes are namespaces: their firewall is theirs to change.
         common["ipsec"]["firewall"] = {"manage": True}
         self.write_pillar(common, lambda node: {"ipsec": {"lookup": node.pluto.lookup()}})
