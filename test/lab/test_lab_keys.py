@@ -24,7 +24,7 @@ import pytest
 
 import ipsec_keys
 import ipsec_status
-from labkit import examples, labkeys, tunnels
+from labkit import examples, labkeys, labvm, tunnels
 from labkit.labkeys import KeysLab
 from test_lab import expected_up, failed, poll, recover, verify
 
@@ -238,3 +238,29 @@ def test_node_back_on_the_old_keys_fails_and_how_long_it_takes_once_it_has_the_n
         lab.put_secrets(THIEF, current)
         node.pluto.whack("--rereadsecrets")
     recover(lab)
+
+
+# ------------------------------------------------------------- ESP phase
+
+@pytest.fixture(scope="module")
+def esp(derived, tmp_path_factory):
+    """The mesh again in a VM with ESP (labkit.labvm), each pluto on the
+    derived-key files the formula wrote (after the rotation)."""
+    job = str(tmp_path_factory.mktemp("lab-keys-esp"))
+    result, facts = labvm.run(derived, derived.plans, job, salt_call_node=None)
+    assert facts and "error" not in facts, str(facts)[:2000] + "\n" + result.describe()
+    assert result.returncode == 0, result.describe()
+    return {"result": result, "facts": facts, "report": labvm.analyse(derived.plans, job)}
+
+
+def test_esp_derived_keys_every_tunnel_has_its_child_sa_and_carries_traffic(derived, esp):
+    for node_id, node in esp["report"].items():
+        for when in labvm.SNAPSHOTS:
+            verdict = node["verdicts"][when]
+            assert verdict["result"] is True and verdict["level"] == "child", (node_id, when, verdict["comment"])
+            assert verdict["counts"]["expect_up"] == len(expected_up(derived, node_id))
+    rows = [row for node in esp["report"].values() for row in node["rows"]]
+    assert len([row for row in rows if row["role"] == "node-to-node"]) == 14
+    assert [row for row in rows if not row["esp_ok"]] == []
+    for row in rows:
+        assert row["in"] > (row["in_before"] or 0) and row["out"] > (row["out_before"] or 0), row

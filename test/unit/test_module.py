@@ -8,6 +8,7 @@ import pytest
 import yaml
 from salt.exceptions import SaltInvocationError
 
+import ipsec_keys
 import ipsec_plan
 from labkit import examples
 
@@ -39,6 +40,7 @@ def load_module(pillar, grains=None, mine=None, calls=None):
         "ipsec_plan." + name: getattr(ipsec_plan, name)
         for name in ("build_plan", "node_addresses", "parse_cluster", "algorithm_sources")
     }
+    module.__utils__.update({"ipsec_keys." + name: getattr(ipsec_keys, name) for name in ("parse_keys", "adapt_plan")})
     return module
 
 

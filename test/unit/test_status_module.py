@@ -12,6 +12,7 @@ import os
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import ipsec_keys
 import ipsec_plan
 import ipsec_status
 import ipsec_verify
@@ -25,6 +26,8 @@ UTILS = {
     "ipsec_plan.algorithm_sources": ipsec_plan.algorithm_sources,
     "ipsec_status.parse_status": ipsec_status.parse_status,
     "ipsec_verify.verify": ipsec_verify.verify,
+    "ipsec_keys.parse_keys": ipsec_keys.parse_keys,
+    "ipsec_keys.adapt_plan": ipsec_keys.adapt_plan,
 }
 NODES = {name: examples.THREE_NODES[name] for name in ("controller-0", "compute-0")}
 
