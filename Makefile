@@ -10,10 +10,13 @@ DEBS := $(shell sed -e 's/\#.*//' debian-packages.txt)
 VM_DEBS := $(shell sed -e 's/\#.*//' debian-packages-vm.txt)
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench deps debs venv clean
+.PHONY: test demo bench deps debs venv clean salt-lines
 
-test: deps
+# The whole suite on Salt 3008 (.venv), then the unit and functional tiers
+# again on the other Salt lines FORMULA's minimum_version promises.
+test: deps salt-lines-venvs
 	$(PY) -m pytest $(PYTEST_ARGS) test
+	$(MAKE) --no-print-directory salt-lines
 
 demo: deps
 	KEEP=$(KEEP) $(PY) tools/demo.py
@@ -46,5 +49,25 @@ $(STAMP): requirements.txt constraints.txt
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	touch $@
 
+# --- other Salt lines: one virtualenv each (.venv-3006, .venv-3007), pinned
+# by constraints-<line>.txt, running the tiers that do not depend on the
+# line's daemons (unit, functional: salt-call --local).
+SALT_LINES := 3006 3007
+LINE_TIERS := test/unit test/functional
+
+salt-lines-venvs: $(foreach line,$(SALT_LINES),.venv-$(line)/.installed)
+
+salt-lines: salt-lines-venvs
+	@for line in $(SALT_LINES); do \
+	  echo "== Salt $$line: $(LINE_TIERS)"; \
+	  .venv-$$line/bin/python -m pytest -q -p no:cacheprovider $(LINE_TIERS) || exit 1; \
+	done
+
+.venv-%/.installed: requirements.txt constraints-%.txt
+	$(PYTHON) -m venv .venv-$*
+	grep -v '^salt==' requirements.txt > .venv-$*/requirements.txt
+	.venv-$*/bin/pip install -q -r .venv-$*/requirements.txt salt -c constraints-$*.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-3006 .venv-3007 .pytest_cache

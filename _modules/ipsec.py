@@ -9,12 +9,11 @@ them the Salt data (pillar, grains, mine) and the facts only the node knows
 Sync before first use: ``salt '*' saltutil.sync_all``.
 """
 
-import copy
+import hashlib
+import json
 import logging
 import os
-import re
 
-import salt.utils.dictupdate
 import salt.utils.path
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -22,33 +21,6 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "ipsec"
 
-# Must stay equal to ipsec/defaults.yaml and ipsec/osfamilymap.yaml (a unit
-# test compares them): module functions run outside the state tree too.
-DEFAULT_LOOKUP = {
-    "pkg": {"name": "libreswan", "manage": True},
-    "service": {"name": "ipsec", "manage": True},
-    "config_file": "/etc/ipsec.conf",
-    "secrets_file": "/etc/ipsec.secrets",
-    "config_dir": "/etc/ipsec.d",
-    "nss_dir": "/var/lib/ipsec/nss",
-    "rundir": "/run/pluto",
-    "ctlsocket": "/run/pluto/pluto.ctl",
-    "ipsec_bin": "/usr/sbin/ipsec",
-    "algparse": "/usr/libexec/ipsec/algparse",
-    # VIP tunnel resources (_modules/ipsec_pacemaker.py, ipsec/pacemaker.sls):
-    # the agent is installed as <ocf_root>/resource.d/<provider>/<agent>;
-    # cib_file: a CIB file instead of the live cluster (tests).
-    "pacemaker": {
-        "ocf_root": "/usr/lib/ocf",
-        "provider": "ipsec-formula",
-        "agent": "vip-tunnel",
-        "cib_file": None,
-    },
-}
-OS_FAMILY_LOOKUP = {
-    "RedHat": {"nss_dir": "/etc/ipsec.d"},
-    "Suse": {"nss_dir": "/etc/ipsec.d"},
-}
 # Planning before Libreswan is installed (first highstate render): assume
 # the major version of current LTS distributions; the state that writes the
 # files plans again once the package is there.
@@ -56,11 +28,21 @@ FALLBACK_MAJOR = 4
 
 
 def __virtual__():
+    try:
+        import netaddr  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+        return (False, "ipsec: the Python package netaddr is missing on this minion "
+                       "(Salt's onedir packages: salt-pip install netaddr)")
     return __virtualname__
 
 
-def _conf():
+def _conf(required=True):
+    """The ``ipsec`` pillar, handed to the gate (``_utils/ipsec_plan.py``):
+    the one place the formula reads pillar (the PSK aside, which the
+    secrets renderer takes straight from pillar)."""
     conf = __pillar__.get("ipsec")
+    if conf is None and not required:
+        return {}
     if conf is None:
         raise SaltInvocationError("ipsec: pillar key is missing: nothing to plan")
     if not isinstance(conf, dict):
@@ -68,10 +50,29 @@ def _conf():
     return conf
 
 
+def settings():
+    """
+    The settings of this node that are not topology, validated by the same
+    gate as the plan: ``prefix``, ``lookup``, ``firewall``, ``pacemaker``,
+    ``clean``, ``mine``. Works with an otherwise broken pillar
+    (``ipsec.clean`` uses it).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec.settings
+    """
+    return __utils__["ipsec_plan.parse_settings"](_conf(required=False), __grains__.get("os_family"))
+
+
 def lookup():
     """
-    Paths, package, service and control socket the formula uses on this node:
-    built-in defaults, then per-OS-family values, then pillar ``ipsec:lookup``.
+    Paths, package, service, control socket and agent the formula uses on
+    this node: built-in defaults (``_utils/ipsec_plan.py`` ``DEFAULT_LOOKUP``),
+    then per-OS-family values, then pillar ``ipsec:lookup``, validated
+    (absolute normalised paths, names from a fixed character set). The SLS
+    files read it through ``ipsec/map.jinja``.
 
     CLI Example:
 
@@ -79,25 +80,15 @@ def lookup():
 
         salt '*' ipsec.lookup
     """
-    merged = copy.deepcopy(DEFAULT_LOOKUP)
-    salt.utils.dictupdate.update(merged, copy.deepcopy(OS_FAMILY_LOOKUP.get(__grains__.get("os_family"), {})))
-    override = (__pillar__.get("ipsec") or {}).get("lookup") or {}
-    if not isinstance(override, dict):
-        raise SaltInvocationError("ipsec:lookup: must be a mapping")
-    salt.utils.dictupdate.update(merged, copy.deepcopy(override))
-    return merged
-
-
-def _parse_version(text):
-    match = re.search(r"Libreswan\s+U?(\d+)\.(\d+)", text or "")
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    return settings()["lookup"]
 
 
 def version():
     """
     The Libreswan version as ``{"version": "4.10", "major": 4, "source": ...}``:
     pillar ``ipsec:libreswan_version`` if set (to plan for another release),
-    else ``ipsec --version``; ``None`` values when Libreswan is not installed.
+    else ``ipsec --version`` of the lookup's ``ipsec_bin``; ``None`` values
+    when Libreswan is not installed.
 
     CLI Example:
 
@@ -105,33 +96,10 @@ def version():
 
         salt '*' ipsec.version
     """
-    pinned = (__pillar__.get("ipsec") or {}).get("libreswan_version")
+    pinned = __utils__["ipsec_plan.parse_libreswan_version"](_conf(required=False))
     if pinned is not None:
-        parsed = _parse_version("Libreswan {}".format(pinned))
-        if not parsed or parsed[0] not in (3, 4, 5):
-            raise SaltInvocationError(
-                "ipsec:libreswan_version: {!r} is not a Libreswan 3.x, 4.x or 5.x version".format(pinned)
-            )
-        return {"version": "{}.{}".format(*parsed), "major": parsed[0], "source": "pillar"}
-    return _installed_version()
-
-
-def _installed_version():
-    """What ``ipsec --version`` says (cached once known)."""
-    if "ipsec.version" in __context__:
-        return __context__["ipsec.version"]
-    binary = lookup()["ipsec_bin"]
-    if not os.path.exists(binary) and not salt.utils.path.which(binary):
-        return {"version": None, "major": None, "source": "not installed"}
-    result = __salt__["cmd.run_all"]([binary, "--version"], python_shell=False, ignore_retcode=True)
-    parsed = _parse_version(result.get("stdout", ""))
-    if not parsed:
-        return {"version": None, "major": None, "source": "unrecognised: " + result.get("stdout", "")[:80]}
-    found = {"version": "{}.{}".format(*parsed), "major": parsed[0], "source": binary}
-    # Only a real answer is cached: the package may be installed later in
-    # this same run.
-    __context__["ipsec.version"] = found
-    return found
+        return {"version": pinned[0], "major": pinned[1], "source": "pillar"}
+    return __salt__["ipsec_pluto.version"]()
 
 
 def _own_ips():
@@ -153,6 +121,48 @@ def addresses():
     return __utils__["ipsec_plan.node_addresses"](_conf(), _own_ips())
 
 
+def cluster_node():
+    """
+    Whether this node is a cluster (pacemaker) node and so gets the VIP
+    server conns: pillar ``ipsec:cluster`` (a list of minion ids, a grain
+    match, or detection).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec.cluster_node
+    """
+    return _cluster_node(_conf(required=False))
+
+
+def pacemaker_running():
+    """
+    Whether pacemaker runs on this node: its CIB answers
+    (``cibadmin --query --local --scope nodes``; with lookup
+    ``pacemaker:cib_file``, that file exists). Images that ship pacemaker
+    to every role do not make every node a cluster node.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec.pacemaker_running
+    """
+    if "ipsec.pacemaker_running" in __context__:
+        return __context__["ipsec.pacemaker_running"]
+    cib_file = lookup()["pacemaker"]["cib_file"]
+    if cib_file:
+        running = os.path.isfile(cib_file)
+    else:
+        binary = salt.utils.path.which("cibadmin")
+        running = bool(binary) and __salt__["cmd.run_all"](
+            [binary, "--query", "--local", "--scope", "nodes"], python_shell=False, ignore_retcode=True,
+            output_loglevel="quiet", timeout=15)["retcode"] == 0
+    __context__["ipsec.pacemaker_running"] = running
+    return running
+
+
 def _cluster_node(conf):
     mode, value = __utils__["ipsec_plan.parse_cluster"](conf)
     if mode == "nodes":
@@ -160,48 +170,22 @@ def _cluster_node(conf):
     if mode == "grain":
         return bool(__salt__["match.grain"](value))
     if mode == "detect":
-        # pacemakerd is the daemon: the CLI tools alone do not make a node
-        # a cluster member.
-        return bool(salt.utils.path.which("pacemakerd")) or os.path.exists("/usr/sbin/pacemakerd")
+        return pacemaker_running()
     return False
+
+
+def _pacemaker_needed(conf):
+    """Whether the plan needs to know if pacemaker runs: ``pacemaker:manage``
+    is not set (then it follows pacemaker)."""
+    return not isinstance((conf.get("pacemaker") or {}).get("manage") if isinstance(conf.get("pacemaker"), dict)
+                          else None, bool)
 
 
 def _mine_data(conf):
     if conf.get("nodes") is not None:
         return None
-    mine = conf.get("mine") or {}
-    return __salt__["mine.get"](
-        mine.get("target", "*"),
-        mine.get("function", "ipsec.addresses"),
-        tgt_type=mine.get("tgt_type", "glob"),
-    )
-
-
-def _algparse(proposal):
-    """Ask the installed Libreswan whether it accepts ``proposal``
-    (``esp=...``/``ike=...``): "" yes, a message no, None cannot tell."""
-    key = "ipsec.algparse:" + proposal
-    if key in __context__:
-        return __context__[key]
-    paths = lookup()
-    # The command line depends on the installed release, not on the release
-    # the plan is written for (pillar ipsec:libreswan_version).
-    if (_installed_version()["major"] or FALLBACK_MAJOR) >= 5:
-        cmd = [paths["ipsec_bin"], "algparse", "--ikev2", proposal]
-        available = os.path.exists(paths["ipsec_bin"])
-    else:
-        cmd = [paths["algparse"], "-v2", proposal]
-        available = os.path.exists(paths["algparse"])
-    if not available:
-        return None
-    result = __salt__["cmd.run_all"](cmd, python_shell=False, ignore_retcode=True, output_loglevel="quiet")
-    verdict = ""
-    if result["retcode"] != 0:
-        lines = (result.get("stdout", "") + "\n" + result.get("stderr", "")).splitlines()
-        errors = [line.split("ERROR:", 1)[1].strip() for line in lines if "ERROR:" in line]
-        verdict = errors[0] if errors else "rejected (exit {})".format(result["retcode"])
-    __context__[key] = verdict
-    return verdict
+    mine = __utils__["ipsec_plan.parse_mine"](conf, [])
+    return __salt__["mine.get"](mine["target"], mine["function"], tgt_type=mine["tgt_type"])
 
 
 def _check_algorithms(conf, built):
@@ -209,7 +193,7 @@ def _check_algorithms(conf, built):
     Without algparse, one warning names every proposal left to pluto."""
     unchecked = []
     for key, kind, proposal in __utils__["ipsec_plan.algorithm_sources"](conf):
-        verdict = _algparse("{}={}".format(kind, proposal))
+        verdict = __salt__["ipsec_pluto.algparse"](kind, proposal)
         if verdict is None:
             unchecked.append("ipsec:{} {}={}".format(key, kind, proposal))
         elif verdict:
@@ -218,29 +202,47 @@ def _check_algorithms(conf, built):
         built["warnings"].append("algparse not found: not checked before pluto: " + ", ".join(unchecked))
 
 
+def _fingerprint(conf):
+    """What a plan depends on besides the mine, hashed (the PSK is in the
+    pillar: only its digest is kept in memory)."""
+    data = [conf, __opts__["id"], _own_ips(), __grains__.get("os_family")]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def build(check_algorithms=True):
-    """The plan as a Python dict (for the formula's states); see ``plan``."""
+    """The plan as a Python dict, for the formula's states and modules; see
+    ``plan``. Built once per run: a state run shares one ``__context__``,
+    and the plan is kept there for the same pillar, id, addresses and OS
+    family (one ``mine.get`` per run). The wait state's polls reuse it."""
     conf = _conf()
     keys = __utils__["ipsec_keys.parse_keys"](conf)
-    found = version()
-    major = found["major"] or FALLBACK_MAJOR
-    built = __utils__["ipsec_plan.build_plan"](
-        conf,
-        node_id=__opts__["id"],
-        own_ips=_own_ips(),
-        major=major,
-        config_dir=lookup()["config_dir"],
-        cluster_node=_cluster_node(conf),
-        mine_data=_mine_data(conf),
-        require_psk=keys["mode"] == "shared",
-    )
-    __utils__["ipsec_keys.adapt_plan"](built, conf)
-    if found["major"] is None:
-        built["warnings"].append("Libreswan not installed: planned for {}.x keywords".format(FALLBACK_MAJOR))
-    if check_algorithms:
+    key = _fingerprint(conf)
+    cached = __context__.get("ipsec.plan")
+    if cached is None or cached[0] != key:
+        found = version()
+        major = found["major"] or FALLBACK_MAJOR
+        built = __utils__["ipsec_plan.build_plan"](
+            conf,
+            node_id=__opts__["id"],
+            own_ips=_own_ips(),
+            major=major,
+            cluster_node=_cluster_node(conf),
+            pacemaker_running=_pacemaker_needed(conf) and pacemaker_running(),
+            mine_data=_mine_data(conf),
+            os_family=__grains__.get("os_family"),
+            require_psk=keys["mode"] == "shared",
+        )
+        __utils__["ipsec_keys.adapt_plan"](built, conf)
+        log.debug("ipsec: plan built for %s: %d conns", __opts__["id"], len(built["connections"]))
+        if found["major"] is None:
+            built["warnings"].append("Libreswan not installed: planned for {}.x keywords".format(FALLBACK_MAJOR))
+        cached = [key, built, False]
+        __context__["ipsec.plan"] = cached
+    built = cached[1]
+    if check_algorithms and not cached[2]:
         _check_algorithms(conf, built)
-    # Once per run: the wait state (ipsec.established) builds the plan
-    # again at every poll.
+        cached[2] = True
+    # Once per run: the wait state (ipsec.established) asks at every poll.
     warned = __context__.setdefault("ipsec.warned", set())
     for warning in built["warnings"]:
         if warning not in warned:
@@ -274,31 +276,6 @@ def plan():
 VERIFY_LEVELS = ("ike", "child")
 
 
-def _whack(*args):
-    """stdout of ``ipsec whack --ctlsocket <lookup ctlsocket> ARGS``.
-
-    A unix socket path works across network namespaces: a pluto running in
-    one is reachable from outside through its socket.
-    """
-    paths = lookup()
-    binary, socket = paths["ipsec_bin"], paths["ctlsocket"]
-    if not os.path.exists(binary) and not salt.utils.path.which(binary):
-        raise CommandExecutionError("{} not found: is Libreswan installed?".format(binary))
-    cmd = [binary, "whack", "--ctlsocket", socket] + list(args)
-    result = __salt__["cmd.run_all"](cmd, python_shell=False, ignore_retcode=True, output_loglevel="trace")
-    if result["retcode"] != 0:
-        message = " ".join(
-            part.strip() for part in (result.get("stderr"), result.get("stdout")) if part and part.strip()
-        ) or "exit {}".format(result["retcode"])
-        if "not running" in message or "connect()" in message or not os.path.exists(socket):
-            raise CommandExecutionError(
-                "pluto is not running (no answer on control socket {}): {}".format(socket, message)
-            )
-        raise CommandExecutionError("ipsec whack {} failed (exit {}): {}".format(
-            " ".join(args), result["retcode"], message))
-    return result.get("stdout") or ""
-
-
 def _bool(value, name):
     if not isinstance(value, bool):
         raise SaltInvocationError("{} must be true or false, got {!r}".format(name, value))
@@ -329,8 +306,8 @@ def status(traffic=False):
         salt '*' ipsec.status traffic=True --out=json
     """
     _bool(traffic, "traffic")
-    text = _whack("--status")
-    traffic_text = _whack("--trafficstatus") if traffic else None
+    text = __salt__["ipsec_pluto.whack"](["--status"])
+    traffic_text = __salt__["ipsec_pluto.whack"](["--trafficstatus"]) if traffic else None
     try:
         return __utils__["ipsec_status.parse_status"](text, traffic_text)
     except SaltInvocationError as exc:

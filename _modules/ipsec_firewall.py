@@ -11,6 +11,7 @@ Pillar: ``ipsec:firewall:manage|backend|table``.
 
 import logging
 
+import salt.utils.path
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,34 @@ def apply(firewall=None):
             positions[spec[1]] = positions.get(spec[1], 0) + 1
             _run([IPTABLES[family], spec[0], spec[1], str(positions[spec[1]])] + spec[2:])
     return found
+
+
+def check(firewall=None):
+    """
+    Check the plan's rules without changing anything (before the formula
+    writes its first file): ``nft -c`` on the script that would be loaded;
+    for iptables, that ``iptables``/``ip6tables`` are there. Returns the
+    list of problems, empty when all is well.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_firewall.check
+    """
+    firewall = firewall or __salt__["ipsec.build"]()["firewall"]
+    desired = __utils__["ipsec_fwrules.desired_rules"](firewall)
+    if firewall["backend"] == "nftables":
+        if not salt.utils.path.which("nft"):
+            return ["nft not found: install nftables or set ipsec:firewall:backend"]
+        script = __utils__["ipsec_fwrules.nft_script"](firewall["table"], desired, replace=False)
+        result = _run(["nft", "-c", "-f", "-"], stdin=script, ok_codes=(0, 1))
+        if result["retcode"] != 0:
+            return ["nft -c refused the rules: {}".format((result.get("stderr") or "").strip())]
+        return []
+    families = __utils__["ipsec_fwrules.rules_by_family"](desired)
+    return ["{} not found".format(IPTABLES[family]) for family in families
+            if not salt.utils.path.which(IPTABLES[family])]
 
 
 def _remove_iptables(family):

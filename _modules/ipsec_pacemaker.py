@@ -41,25 +41,15 @@ def __virtual__():
     return __virtualname__
 
 
-def _conf():
-    conf = __pillar__.get("ipsec")
-    if not isinstance(conf, dict):
-        raise SaltInvocationError("ipsec: pillar key is missing or not a mapping")
-    return conf
-
-
-def _pacemaker_lookup():
-    paths = __salt__["ipsec.lookup"]()
-    pcmk = paths.get("pacemaker")
-    if not isinstance(pcmk, dict):
-        raise SaltInvocationError("ipsec:lookup:pacemaker: must be a mapping")
-    return paths, pcmk
+def _settings():
+    """The validated settings (``ipsec.settings``: the plan's gate)."""
+    return __salt__["ipsec.settings"]()
 
 
 def _cib_file(cib_file=None):
     if cib_file:
         return str(cib_file)
-    configured = _pacemaker_lookup()[1].get("cib_file")
+    configured = _settings()["lookup"]["pacemaker"]["cib_file"]
     if configured:
         return str(configured)
     return os.environ.get("CIB_file") or None
@@ -117,9 +107,9 @@ def _push(old_root, new_root, cib_file):
 
 def options():
     """
-    The ``ipsec:pacemaker`` settings with their defaults, plus the agent name
-    (``ocf:<provider>:<agent>`` from lookup ``pacemaker``) and the CIB file in
-    use (``None``: the live cluster).
+    The ``ipsec:pacemaker`` settings (validated, with their defaults), plus
+    the agent name (``ocf:<provider>:<agent>`` from lookup ``pacemaker``)
+    and the CIB file in use (``None``: the live cluster).
 
     CLI Example:
 
@@ -127,8 +117,9 @@ def options():
 
         salt '*' ipsec_pacemaker.options
     """
-    opts = __utils__["ipsec_cib.options"](_conf())
-    _, pcmk = _pacemaker_lookup()
+    settings = _settings()
+    opts = dict(settings["pacemaker"])
+    pcmk = settings["lookup"]["pacemaker"]
     opts["agent"] = __utils__["ipsec_cib.agent_name"](pcmk["provider"], pcmk["agent"])
     opts["cib_file"] = _cib_file()
     return opts
@@ -146,19 +137,18 @@ def desired():
 
         salt '*' ipsec_pacemaker.desired
     """
-    plan = __salt__["ipsec.plan"]()
+    plan = __salt__["ipsec.build"]()
     if not plan["cluster_node"]:
         return {}
     return _desired(plan)
 
 
 def _desired(plan):
-    opts = __utils__["ipsec_cib.options"](_conf())
-    paths, pcmk = _pacemaker_lookup()
+    pcmk = plan["lookup"]["pacemaker"]
     return __utils__["ipsec_cib.desired"](
         plan["vips"], pcmk["provider"], pcmk["agent"],
-        extra_params=__utils__["ipsec_cib.agent_params"](paths),
-        monitor_interval=opts["monitor_interval"],
+        extra_params=__utils__["ipsec_cib.agent_params"](plan["lookup"]),
+        monitor_interval=plan["pacemaker"]["monitor_interval"],
     )
 
 
@@ -216,8 +206,9 @@ def reconcile(remove=False, test=False, cib_file=None):
         salt-call ipsec_pacemaker.reconcile cib_file=/tmp/cib.xml
     """
     outcome = {"skipped": None, "applier": None, "changes": {}, "errors": []}
-    plan = __salt__["ipsec.plan"]()
-    if not plan["cluster_node"]:
+    # Removing needs no plan (clean works with an otherwise broken pillar).
+    plan = None if remove else __salt__["ipsec.build"]()
+    if not (__salt__["ipsec.cluster_node"]() if remove else plan["cluster_node"]):
         outcome["skipped"] = "not a cluster node (ipsec:cluster): no pacemaker resources managed here"
         return outcome
     opts = options()
@@ -233,7 +224,8 @@ def reconcile(remove=False, test=False, cib_file=None):
         outcome["skipped"] = reason
         return outcome
 
-    new, changes, errors = __utils__["ipsec_cib.reconcile"](root, wanted, opts["resource_prefix"], opts["agent"])
+    new, changes, errors = __utils__["ipsec_cib.reconcile"](root, wanted, opts["resource_prefix"], opts["agent"],
+                                                            adopt=_settings()["adopt_tripleo"])
     outcome["changes"] = changes
     outcome["errors"] = errors
     if not changes or test:

@@ -237,7 +237,7 @@ def loaded():
         salt '*' ipsec_pluto.loaded
     """
     text = _whack(_lookup(), ["--status"], quiet=True)
-    return __utils__["ipsec_reconcile.parse_loaded"](text)
+    return __utils__["ipsec_status.parse_loaded"](text)
 
 
 def add(names, config=None, chunk_bytes=CHUNK_BYTES):
@@ -278,7 +278,7 @@ def add(names, config=None, chunk_bytes=CHUNK_BYTES):
     if not os.path.exists(paths["ctlsocket"]):
         raise CommandExecutionError(
             "pluto is not running (no control socket {})".format(paths["ctlsocket"]))
-    parse = __utils__["ipsec_reconcile.parse_addconn"]
+    parse = __utils__["ipsec_status.parse_addconn"]
     added, rejected, unknown, warnings = [], {}, [], []
     retcode = 0
     for chunk in _chunks(names, chunk_bytes):
@@ -324,9 +324,9 @@ def _each(names, args, verb, unanswered_ok=False):
     done, failed = [], {}
     for name in names:
         stdout = _whack(paths, ["--name", name] + list(args))
-        errors = utils["ipsec_reconcile.whack_errors"](stdout, unanswered_ok)
+        errors = utils["ipsec_status.whack_errors"](stdout, unanswered_ok)
         if unanswered_ok and not errors:
-            for line in utils["ipsec_reconcile.whack_errors"](stdout):
+            for line in utils["ipsec_status.whack_errors"](stdout):
                 log.info("ipsec_pluto.%s %s: %s (pluto keeps trying)", verb, name, line)
         if errors:
             failed[name] = "; ".join(errors)
@@ -412,37 +412,124 @@ def rereadsecrets():
         salt '*' ipsec_pluto.rereadsecrets
     """
     stdout = _whack(_lookup(), ["--rereadsecrets"], quiet=True)
-    files, problems = __utils__["ipsec_reconcile.secrets_report"](stdout)
+    files, problems = __utils__["ipsec_status.secrets_report"](stdout)
     if problems:
         raise CommandExecutionError("pluto could not read some secrets: {}".format("; ".join(problems)),
                                     info={"files": files, "problems": problems})
     return {"files": files}
 
 
-def _major(paths):
-    key = "ipsec_pluto.major"
-    if key not in __context__:
-        result = _run([_binary(paths), "--version"], quiet=True)
-        match = re.search(r"Libreswan\s+U?(\d+)\.", result.get("stdout") or "")
-        __context__[key] = int(match.group(1)) if match else None
-    return __context__[key]
+def whack(args):
+    """
+    stdout of ``ipsec whack --ctlsocket <lookup ctlsocket> ARGS`` (a unix
+    socket path works across network namespaces). Raises
+    ``CommandExecutionError`` naming the socket when pluto does not answer.
+    For read-only queries (``--status``, ``--trafficstatus``,
+    ``--listpubkeys``...); the formula's changes go through the functions
+    of this module.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_pluto.whack '["--status"]'
+    """
+    if isinstance(args, str):
+        args = args.split()
+    if not isinstance(args, (list, tuple)) or not all(isinstance(a, str) and a.startswith("--") for a in args):
+        raise SaltInvocationError("args must be a list of whack options (--status, ...)")
+    return _whack(_lookup(), list(args), quiet=True)
 
 
-def _algparse(paths, kind, proposal):
-    """"" when Libreswan accepts ``kind=proposal``, else its message; None
-    when algparse is not there."""
-    if (_major(paths) or 4) >= 5:
+def version():
+    """
+    The installed Libreswan, from ``ipsec --version`` of the lookup's
+    ``ipsec_bin``: ``{"version": "4.10", "major": 4, "source": <binary>}``,
+    ``None`` values when it is not installed (cached once known: the
+    package may be installed later in the same run).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_pluto.version
+    """
+    if "ipsec_pluto.version" in __context__:
+        return __context__["ipsec_pluto.version"]
+    paths = _lookup()
+    try:
+        binary = _binary(paths)
+    except CommandExecutionError:
+        return {"version": None, "major": None, "source": "not installed"}
+    stdout = _run([binary, "--version"], quiet=True).get("stdout") or ""
+    parsed = __utils__["ipsec_status.parse_version"](stdout)
+    if not parsed:
+        return {"version": None, "major": None, "source": "unrecognised: " + stdout[:80]}
+    found = {"version": "{}.{}".format(*parsed), "major": parsed[0], "source": binary}
+    __context__["ipsec_pluto.version"] = found
+    return found
+
+
+def algparse(kind, proposal):
+    """
+    Libreswan's own verdict on a proposal: ``""`` when it accepts
+    ``<kind>=<proposal>`` (kind ``esp``, ``ike`` or ``ah``), its message
+    when it does not, ``None`` when algparse is not installed. The command
+    depends on the installed release (4.x ``algparse -v2``, 5.x ``ipsec
+    algparse --ikev2``), not on a pinned ``ipsec:libreswan_version``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_pluto.algparse esp aes_gcm256-null
+    """
+    if kind not in ("esp", "ike", "ah") or not isinstance(proposal, str) or proposal.startswith("-"):
+        raise SaltInvocationError("algparse: kind must be esp, ike or ah and proposal a proposal string")
+    key = "ipsec_pluto.algparse:{}={}".format(kind, proposal)
+    if key in __context__:
+        return __context__[key]
+    paths = _lookup()
+    if (version()["major"] or 4) >= 5:
         cmd, available = [paths["ipsec_bin"], "algparse", "--ikev2"], os.path.exists(paths["ipsec_bin"])
     else:
         cmd, available = [paths["algparse"], "-v2"], os.path.exists(paths["algparse"])
     if not available:
         return None
     result = _run(cmd + ["{}={}".format(kind, proposal)], quiet=True)
-    if result["retcode"] == 0:
-        return ""
-    lines = ((result.get("stdout") or "") + "\n" + (result.get("stderr") or "")).splitlines()
-    errors = [line.split("ERROR:", 1)[1].strip() for line in lines if "ERROR:" in line]
-    return errors[0] if errors else "rejected (exit {})".format(result["retcode"])
+    verdict = ""
+    if result["retcode"] != 0:
+        lines = ((result.get("stdout") or "") + "\n" + (result.get("stderr") or "")).splitlines()
+        errors = [line.split("ERROR:", 1)[1].strip() for line in lines if "ERROR:" in line]
+        verdict = errors[0] if errors else "rejected (exit {})".format(result["retcode"])
+    __context__[key] = verdict
+    return verdict
+
+
+def initnss(test=False):
+    """
+    Create pluto's NSS database in the lookup's ``nss_dir`` when it has
+    none (``ipsec initnss --nssdir <nss_dir>``, an argument list: the path
+    never meets a shell). Returns ``{"created": bool, "nss_dir": path}``;
+    ``test=True`` only says whether it would be created.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_pluto.initnss
+    """
+    paths = _lookup()
+    nss_dir = paths["nss_dir"]
+    if os.path.exists(os.path.join(nss_dir, "cert9.db")):
+        return {"created": False, "nss_dir": nss_dir}
+    if test:
+        return {"created": True, "nss_dir": nss_dir}
+    os.makedirs(nss_dir, mode=0o700, exist_ok=True)
+    result = _run([_binary(paths), "initnss", "--nssdir", nss_dir], timeout=ADDCONN_TIMEOUT)
+    if result["retcode"] != 0:
+        raise CommandExecutionError("ipsec initnss --nssdir {} failed: {}".format(nss_dir, _message(result)))
+    return {"created": True, "nss_dir": nss_dir}
 
 
 def _conf_texts(conf_texts):
@@ -457,7 +544,7 @@ def _conf_texts(conf_texts):
     raise SaltInvocationError("conf_texts must be a text, a list of texts or a mapping of path to text")
 
 
-def checkconfig(conf_texts, algorithms=True):
+def checkconfig(conf_texts, algorithms=True, config_setup=None):
     """
     Check rendered conn files before they replace the live ones, without
     pluto and without secrets: ``ipsec addconn --checkconfig`` on a
@@ -469,6 +556,9 @@ def checkconfig(conf_texts, algorithms=True):
     conf_texts
         A conf text, a list of texts, or ``{path: text}`` (``.secrets``
         paths are skipped).
+    config_setup
+        ``{keyword: value}`` of ``config setup`` to check with them (the
+        formula's part of ipsec.conf), so the whole new set is checked.
 
     Returns the list of problems, empty when all is well; messages name the
     given paths, not the temporary ones.
@@ -509,7 +599,7 @@ def checkconfig(conf_texts, algorithms=True):
             renames[tmp] = label
         main = os.path.join(workdir, "ipsec.conf")
         with open(main, "w", encoding="utf-8") as handle:
-            handle.write("config setup\n\ninclude {}/*.conf\n".format(confdir))
+            handle.write(__utils__["ipsec_files.edit_conf"](None, config_setup or {}, confdir))
         result = _run([binary, "addconn", "--config", main, "--checkconfig"], timeout=ADDCONN_TIMEOUT)
         output = "\n".join(part for part in (result.get("stdout"), result.get("stderr")) if part)
         for tmp, label in sorted(renames.items(), key=lambda item: -len(item[0])):
@@ -535,10 +625,10 @@ def checkconfig(conf_texts, algorithms=True):
                         users.setdefault((keyword, keywords[keyword]), []).append(name)
         for (keyword, proposal), conns in sorted(users.items()):
             kind = "esp" if keyword == "phase2alg" else keyword
-            verdict = _algparse(paths, kind, proposal)
+            verdict = algparse(kind, proposal)
             if verdict is None:
                 log.warning("ipsec_pluto.checkconfig: algparse not found: %s=%s not checked", keyword, proposal)
-                break
+                continue
             if verdict:
                 more = " and {} more".format(len(conns) - 1) if len(conns) > 1 else ""
                 problems.append("conn {}{}: {}={}: {}".format(conns[0], more, keyword, proposal, verdict))

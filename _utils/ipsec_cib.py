@@ -29,13 +29,10 @@ plus a report; the execution module turns the difference into one
 """
 
 import copy
-import re
 import xml.etree.ElementTree as ET
 
 from salt.exceptions import SaltInvocationError
 
-# Same value as ipsec_plan.DEFAULT_RESOURCE_PREFIX (a unit test checks it).
-DEFAULT_RESOURCE_PREFIX = "tripleo-ipsec"
 DEFAULT_MONITOR_INTERVAL = "10s"
 MONITOR_TIMEOUT = "20s"
 AGENT_CLASS = "ocf"
@@ -48,33 +45,12 @@ AGENT_DEFAULTS = {
 }
 # lookup key -> agent parameter
 LOOKUP_PARAMS = (("ctlsocket", "ctlsocket"), ("config_file", "ipsec_conf"), ("ipsec_bin", "ipsec_bin"))
-INTERVAL_RE = re.compile(r"^[0-9]{1,9}(ms|msec|us|usec|s|sec|m|min|h|hr)?$")
 REFERENCE_ATTRIBUTES = ("rsc", "with-rsc", "first", "then")
 RESOURCE_TAGS = ("primitive", "group", "clone", "master", "bundle")
-
-
-def interval(value, key="pacemaker:monitor_interval"):
-    """A pacemaker interval string from pillar (int seconds or '10s', '1min')."""
-    if isinstance(value, bool):
-        raise SaltInvocationError("ipsec:{}: {!r} is not an interval".format(key, value))
-    if isinstance(value, int):
-        value = "{}s".format(value)
-    if not isinstance(value, str) or not INTERVAL_RE.match(value) or not int(re.match(r"\d+", value).group()):
-        raise SaltInvocationError(
-            "ipsec:{}: {!r} is not a pacemaker interval (e.g. 10s, 1min, 30)".format(key, value))
-    return value
-
-
-def options(conf):
-    """The ``ipsec:pacemaker`` settings this module uses, with defaults."""
-    pacemaker = (conf or {}).get("pacemaker") or {}
-    apply_from = pacemaker.get("apply_from")
-    return {
-        "manage": bool(pacemaker.get("manage", False)),
-        "resource_prefix": pacemaker.get("resource_prefix", DEFAULT_RESOURCE_PREFIX),
-        "apply_from": str(apply_from) if apply_from not in (None, "") else None,
-        "monitor_interval": interval(pacemaker.get("monitor_interval", DEFAULT_MONITOR_INTERVAL)),
-    }
+# TripleO's agent (Debian ships it as heartbeat/ipsec): a primitive of it
+# with the formula's resource id is adopted only when asked
+# (ipsec:adopt_tripleo), never switched silently.
+TRIPLEO_AGENT = "ocf:heartbeat:ipsec"
 
 
 def agent_name(provider, agent):
@@ -280,11 +256,37 @@ def _update_primitive(prim, want):
         ops.insert(position, op)
 
 
-def reconcile(root, wanted, prefix, agent):
+def _foreign(current, want, adopt):
+    """Why the existing primitive ``current`` blocks the formula's, or None
+    (it is the formula's, or TripleO's and ``adopt`` is set)."""
+    if current is None or current.tag != "primitive":
+        return None
+    found = summary(current)["agent"]
+    if found == want["agent"] or (found == TRIPLEO_AGENT and adopt):
+        return None
+    if found == TRIPLEO_AGENT:
+        return ("{} is TripleO's resource ({}): set ipsec:adopt_tripleo: true to replace it and its pcs "
+                "constraints in one CIB change (docs/migration.md)".format(current.get("id"), found))
+    return "{} exists with agent {}, not the formula's".format(current.get("id"), found)
+
+
+def _drop_foreign_constraints(constraints, resource, own_ids, changes):
+    """Remove the constraints naming ``resource`` that are not the
+    formula's (pcs made them for TripleO's resource)."""
+    for constraint in list(constraints):
+        if isinstance(constraint.tag, str) and constraint.get("id") not in own_ids \
+                and references(constraint, resource):
+            changes[constraint.get("id")] = {"old": summary(constraint), "new": None}
+            constraints.remove(constraint)
+
+
+def reconcile(root, wanted, prefix, agent, adopt=False):
     """Bring a copy of the CIB ``root`` to the ``wanted`` objects.
 
     wanted: the result of ``desired`` (empty: remove everything owned).
     prefix, agent: ownership key (resource prefix, 'ocf:provider:type').
+    adopt: replace TripleO's resource of the same id (``ocf:heartbeat:ipsec``)
+        and the constraints pcs made for it, in this one change.
 
     Returns (new_root, changes, errors): changes is {object id: {"old":
     summary or None, "new": summary or None}}; errors are messages about
@@ -306,10 +308,13 @@ def reconcile(root, wanted, prefix, agent):
             errors.append("VIP {}: its resource {} is not in the CIB; {} not created (create the VIP "
                           "resource first or set ipsec:pacemaker:vip_resource)".format(name, vip_resource, resource))
             continue
-        clash = _clash(group["objects"], ids, parents, resources, constraints)
+        clash = _clash(group["objects"], ids, parents, resources, constraints) or _foreign(
+            ids.get(resource), group["objects"][resource], adopt)
         if clash:
             errors.append("VIP {}: {}; left alone".format(name, clash))
             continue
+        if ids.get(resource) is not None and summary(ids[resource])["agent"] == TRIPLEO_AGENT:
+            _drop_foreign_constraints(constraints, resource, set(group["objects"]), changes)
         for object_id, want in group["objects"].items():
             current = ids.get(object_id)
             old = summary(current) if current is not None else None

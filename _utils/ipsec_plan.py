@@ -20,14 +20,80 @@ REDACTED = "<redacted>"
 
 DEFAULT_PREFIX = "overcloud"
 DEFAULT_ALGORITHM = "aes_gcm128-null"
-DEFAULT_SKIP_NETWORKS = ("ctlplane",)
+DEFAULT_CONTROL_PLANE = "ctlplane"
 DEFAULT_CONFIG_SETUP = {"uniqueids": "no"}
 DEFAULT_RESOURCE_PREFIX = "tripleo-ipsec"
 DEFAULT_VIP_RESOURCE = "ip-{address}"
+DEFAULT_MONITOR_INTERVAL = "10s"
 MIN_PSK_LENGTH = 32
+# Libreswan reads a secrets line into a fixed buffer: a longer PSK is cut
+# into fragments that pluto then logs. The token as written (quoted, or
+# the 0s base64 form) stays well below it with the longest IDs the plan
+# makes (two IPv6 addresses); a test loads one this long into a real pluto.
+MAX_PSK_TOKEN = 1200
 
 CONF_MODE = "0640"
 SECRETS_MODE = "0600"
+
+# The built-in lookup (paths, package, service, agent) and its per-OS-family
+# differences: the one place these defaults live. ``ipsec.lookup`` merges
+# and validates them with pillar ``ipsec:lookup``; the SLS files read that.
+DEFAULT_LOOKUP = {
+    "pkg": {"name": "libreswan", "manage": True},
+    "service": {"name": "ipsec", "manage": True},
+    "config_file": "/etc/ipsec.conf",
+    "secrets_file": "/etc/ipsec.secrets",
+    "config_dir": "/etc/ipsec.d",
+    "nss_dir": "/var/lib/ipsec/nss",
+    "rundir": "/run/pluto",
+    "ctlsocket": "/run/pluto/pluto.ctl",
+    "ipsec_bin": "/usr/sbin/ipsec",
+    "algparse": "/usr/libexec/ipsec/algparse",
+    # The OCF agent is installed as <ocf_root>/resource.d/<provider>/<agent>;
+    # cib_file: a CIB file instead of the live cluster (tests).
+    "pacemaker": {
+        "ocf_root": "/usr/lib/ocf",
+        "provider": "ipsec-formula",
+        "agent": "vip-tunnel",
+        "cib_file": None,
+    },
+}
+OS_FAMILY_LOOKUP = {
+    "RedHat": {"nss_dir": "/etc/ipsec.d"},
+    "Suse": {"nss_dir": "/etc/ipsec.d"},
+}
+LOOKUP_PATHS = ("config_file", "secrets_file", "config_dir", "nss_dir", "rundir", "ctlsocket",
+                "ipsec_bin", "algparse")
+# Names that reach command lines and file names: never an option, never a
+# path separator or shell/YAML metacharacter.
+LOOKUP_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63}")
+LOOKUP_SECTIONS = {
+    "pkg": {"name": LOOKUP_NAME_RE, "manage": "flag"},
+    "service": {"name": LOOKUP_NAME_RE, "manage": "flag"},
+    "pacemaker": {"ocf_root": "path", "provider": LOOKUP_NAME_RE, "agent": LOOKUP_NAME_RE,
+                  "cib_file": "path?"},
+}
+PILLAR_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+ADDRESS_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}")
+CIDR_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}/[0-9]{1,3}")
+PATH_RE = re.compile(r"(?:/[A-Za-z0-9_+.-]+)+")
+TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+VIP_RESOURCE_RE = re.compile(r"[A-Za-z0-9_.:{}-]{1,64}")
+MINION_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,252}")
+GRAIN_MATCH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*:[\x21-\x7e]+")
+INTERVAL_RE = re.compile(r"[0-9]{1,9}(?:ms|msec|us|usec|s|sec|m|min|h|hr)?")
+
+# TripleO's variable names: refused with the formula's key, never taken
+# for a typo whose old value silently stays in force.
+TRIPLEO_KEYS = {
+    "ipsec_algorithm": "algorithm",
+    "ipsec_skip_networks": "skip_networks",
+    "ipsec_psk": "psk",
+    "ipsec_skip_firewall_rules": "firewall:manage",
+    "ipsec_setup_resource_agents": "pacemaker:manage",
+    "ipsec_configure_vips": "networks:<net>:vip",
+    "ipsec_uninstall_ipsec": "state ipsec.clean",
+}
 
 # Pillar keys the formula reads; anything else is most likely a typo and is
 # reported as a warning (not an error: a newer pillar must not break an
@@ -37,7 +103,7 @@ KNOWN_KEYS = {
         "psk", "prefix", "algorithm", "ike_algorithm", "networks",
         "extra_vips", "skip_networks", "conn_options", "nodes", "mine",
         "cluster", "pacemaker", "firewall", "config_setup",
-        "libreswan_version", "lookup", "clean", "keys",
+        "libreswan_version", "lookup", "clean", "control_plane", "adopt_tripleo", "keys",
     },
     "networks": {"cidr", "vip", "algorithm", "ike_algorithm", "conn_options"},
     "extra_vips": {"network", "address"},
@@ -47,6 +113,10 @@ KNOWN_KEYS = {
     "pacemaker": {"manage", "resource_prefix", "vip_resource", "apply_from", "monitor_interval"},
     "firewall": {"manage", "backend", "table"},
     "clean": {"remove_package"},
+    "lookup": set(DEFAULT_LOOKUP),
+    "lookup:pkg": set(DEFAULT_LOOKUP["pkg"]),
+    "lookup:service": set(DEFAULT_LOOKUP["service"]),
+    "lookup:pacemaker": set(DEFAULT_LOOKUP["pacemaker"]),
 }
 
 # Keywords that carry the tunnel's identity: overriding them would make the
@@ -142,23 +212,32 @@ def _short(value):
 
 
 def _name(value, key, what):
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         fail(key, "{} {!r} must be 1-48 letters, digits, '_' or '-'".format(what, _short(value)))
     return value
 
 
-def parse_address(value, key):
-    """Return the canonical text of an IP address, or fail naming ``key``."""
-    if not isinstance(value, str):
-        fail(key, "must be an IP address string, got {!r}".format(_short(value)))
+def ip_text(value):
+    """The canonical text of an IP address given as a string, else None
+    (netaddr takes ints, and raises AttributeError on lists)."""
+    if not isinstance(value, str) or not ADDRESS_RE.fullmatch(value):
+        return None
     try:
         return str(netaddr.IPAddress(value))
     except (netaddr.AddrFormatError, ValueError, TypeError):
+        return None
+
+
+def parse_address(value, key):
+    """Return the canonical text of an IP address, or fail naming ``key``."""
+    text = ip_text(value)
+    if text is None:
         fail(key, "{!r} is not an IP address".format(_short(value)))
+    return text
 
 
 def parse_cidr(value, key):
-    if not isinstance(value, str) or "/" not in value:
+    if not isinstance(value, str) or not CIDR_RE.fullmatch(value):
         fail(key, "{!r} is not a CIDR (address/prefix)".format(_short(value)))
     try:
         network = netaddr.IPNetwork(value)
@@ -171,7 +250,7 @@ def parse_cidr(value, key):
 
 def check_algorithm(value, key):
     """Syntax gate for proposals; the semantic check is Libreswan's (algparse)."""
-    if not isinstance(value, str) or not ALGORITHM_RE.match(value):
+    if not isinstance(value, str) or not ALGORITHM_RE.fullmatch(value):
         fail(key, "{!r} is not an algorithm proposal".format(_short(value)))
     return value
 
@@ -181,13 +260,13 @@ def _keyword_value(value, key):
         return "yes" if value else "no"
     if isinstance(value, int):
         return str(value)
-    if not isinstance(value, str) or not VALUE_RE.match(value):
+    if not isinstance(value, str) or not VALUE_RE.fullmatch(value):
         fail(key, "{!r} is not a valid value (printable, no quotes, no '#', max 256)".format(_short(value)))
     return value
 
 
 def _allowed(rule, value):
-    return value in rule if isinstance(rule, tuple) else bool(rule.match(value))
+    return value in rule if isinstance(rule, tuple) else bool(rule.fullmatch(value))
 
 
 def _rule_text(rule):
@@ -200,7 +279,7 @@ def parse_options(value, key, table=None):
     table = CONN_KEYWORDS if table is None else table
     options = {}
     for keyword, item in _mapping(value, key).items():
-        if not isinstance(keyword, str) or not KEYWORD_RE.match(keyword):
+        if not isinstance(keyword, str) or not KEYWORD_RE.fullmatch(keyword):
             fail(key, "{!r} is not a keyword".format(_short(keyword)))
         item_key = "{}:{}".format(key, keyword)
         if keyword in RESERVED_KEYWORDS:
@@ -219,20 +298,46 @@ def parse_options(value, key, table=None):
     return options
 
 
+def psk_token_length(psk):
+    """Length of the PSK as ``ipsec_render.psk_token`` writes it: quoted when
+    printable ASCII without '"', else ``0s`` + base64 of its UTF-8 bytes."""
+    if all(0x20 <= ord(char) <= 0x7E for char in psk) and '"' not in psk:
+        return len(psk) + 2
+    return 2 + 4 * -(-len(psk.encode("utf-8")) // 3)
+
+
 def psk_problem(psk):
-    """Return why ``psk`` is unusable, or None."""
+    """Return why ``psk`` is unusable, or None. Never quotes the PSK."""
     if psk is None:
         return "is missing: a shared key of at least {} characters is required".format(MIN_PSK_LENGTH)
     if not isinstance(psk, str):
         return "must be a string, got {}".format(type(psk).__name__)
     if len(psk) < MIN_PSK_LENGTH:
         return "is too short ({} characters, at least {} required)".format(len(psk), MIN_PSK_LENGTH)
+    try:
+        psk.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds characters that are not valid Unicode (lone surrogates)"
+    if psk_token_length(psk) > MAX_PSK_TOKEN:
+        return ("is too long for Libreswan ({} characters; at most {} printable ASCII characters, "
+                "fewer with '\"', control or non-ASCII characters, which are written base64-encoded)".format(
+                    len(psk), MAX_PSK_TOKEN - 2))
     return None
 
 
 def unknown_keys(section, value, key):
     """Warnings for keys of ``value`` the formula does not read."""
     known = KNOWN_KEYS[section]
+    if section == "":
+        for name in sorted(map(str, value)):
+            if name in TRIPLEO_KEYS:
+                fail(name, "is TripleO's variable, not read by this formula: use ipsec:{} "
+                           "(see docs/migration.md)".format(TRIPLEO_KEYS[name]))
+    for name in value:
+        if not isinstance(name, str) or not PILLAR_KEY_RE.fullmatch(name):
+            # Not a newer formula's key: a broken one (a line break, a
+            # control character) that must not silently drop its section.
+            fail(key, "{!r} is not a valid key".format(_short(name)))
     return [
         "ipsec:{}{}: unknown key, ignored (typo?)".format(key + ":" if key else "", name)
         for name in sorted(map(str, value))
@@ -404,6 +509,7 @@ def _parse_inventory(conf, networks, warnings):
     inventory = {}
     for node_id in sorted(raw, key=str):
         key = "nodes:{}".format(node_id)
+        _pattern(node_id, "nodes", MINION_ID_RE, "is not a minion id")
         entry = _mapping(raw[node_id], key)
         warnings.extend(unknown_keys("nodes", entry, key))
         addresses = {}
@@ -423,28 +529,35 @@ def _parse_inventory(conf, networks, warnings):
 
 
 def _mine_peers(mine_data, networks, warnings):
-    """Mine data is other minions' view: drop (and warn about) what does not fit."""
+    """Mine data is other minions' view: drop (and warn about) what does not
+    fit, naming the minion and the key; one bad minion never breaks a plan."""
     peers = {}
-    for node_id in sorted(mine_data or {}, key=str):
+    if not isinstance(mine_data, dict):
+        if mine_data is not None:
+            warnings.append("mine: ignoring the mine's answer: {} is not a mapping".format(type(mine_data).__name__))
+        return peers
+    for node_id in sorted(mine_data, key=str):
         value = mine_data[node_id]
+        if not isinstance(node_id, str) or not MINION_ID_RE.fullmatch(node_id):
+            warnings.append("mine: ignoring minion id {!r}: not a minion id".format(_short(node_id)))
+            continue
         if not isinstance(value, dict):
-            warnings.append("mine: ignoring {}: ipsec.addresses returned {!r}".format(node_id, type(value).__name__))
+            warnings.append("mine: ignoring {}: ipsec.addresses returned {}".format(node_id, type(value).__name__))
             continue
         addresses = {}
-        for net, text in value.items():
-            if net not in networks:
+        for net, text in sorted(value.items(), key=lambda item: str(item[0])):
+            if not isinstance(net, str) or net not in networks:
                 continue
-            try:
-                address = str(netaddr.IPAddress(text))
-            except (netaddr.AddrFormatError, ValueError, TypeError):
-                warnings.append("mine: ignoring {} address {!r} on {}".format(node_id, _short(text), net))
-                continue
-            if networks[net].contains(address):
+            address = ip_text(text)
+            if address is None:
+                warnings.append("mine: ignoring {} address {!r} on {}: not an IP address".format(
+                    node_id, _short(text), net))
+            elif networks[net].contains(address):
                 addresses[net] = address
             else:
                 warnings.append("mine: ignoring {} address {} outside {} ({})".format(
                     node_id, address, net, networks[net].cidr))
-        peers[str(node_id)] = addresses
+        peers[node_id] = addresses
     return peers
 
 
@@ -512,66 +625,232 @@ def _vip_client(net, vip_name, address, own, prefix, major):
         net, major, (own, cluster_id, address, vip_id), tail)
 
 
+def _vip_key(vip_name, networks):
+    return "networks:{}:vip".format(vip_name) if vip_name in networks else "extra_vips:" + vip_name
+
+
+def _check_conn_names(prefix, networks, vips):
+    """Refuse two VIPs whose conns (or files) would share a name, on every
+    node alike: an extra VIP named ``internal_api-node-to`` has a server
+    conn named exactly like internal_api's client conn."""
+    owner = {}
+    for vip_name in sorted(vips):
+        names = ("{}-{}-vip-tunnel".format(prefix, vip_name),
+                 "{}-{}-node-to-vip-tunnel".format(prefix, vip_name),
+                 "file {}-{}-vip-tunnels".format(prefix, vip_name))
+        for name in names:
+            if name in owner:
+                fail(_vip_key(vip_name, networks), "gives {}, which the VIP tunnels of {!r} have too".format(
+                    name.replace("file ", "the file ") if name.startswith("file ") else "a conn named " + name,
+                    owner[name]))
+            owner[name] = vip_name
+    for net_name in networks:
+        name = "file {}-{}-node-to-node-tunnels".format(prefix, net_name)
+        if name in owner:
+            fail("networks:" + net_name, "its node-to-node file collides with the VIP tunnels of {!r}".format(
+                owner[name]))
+
+
 def _file_path(config_dir, prefix, label, kind):
     return "{}/{}-{}.{}".format(config_dir.rstrip("/"), prefix, label, kind)
 
 
-def _parse_skip(conf, networks):
-    if "skip_networks" not in conf:
-        return set(DEFAULT_SKIP_NETWORKS)
-    raw = conf["skip_networks"]
+def _parse_skip(conf, networks, extra_vips):
+    """(control plane, networks skipped, extra VIPs skipped).
+
+    The control plane is never tunneled, whatever ``skip_networks`` says:
+    tunneling it could cut the Salt master off from its minions.
+    ``skip_networks`` adds networks (and extra VIPs, TripleO's ``redis``)."""
+    control_plane = _name(conf.get("control_plane", DEFAULT_CONTROL_PLANE), "control_plane", "network name")
+    raw = conf.get("skip_networks")
     if raw is None:
-        return set()
+        raw = []
     if not isinstance(raw, list):
-        fail("skip_networks", "must be a list of network names")
+        fail("skip_networks", "must be a list of network or extra VIP names")
+    skipped_vips = set()
     for name in raw:
-        if not isinstance(name, str) or name not in networks:
-            fail("skip_networks", "{!r} is not a network in ipsec:networks".format(_short(name)))
-    return set(raw)
+        if isinstance(name, str) and name in extra_vips:
+            skipped_vips.add(name)
+        elif not isinstance(name, str) or name not in networks:
+            fail("skip_networks", "{!r} is neither a network of ipsec:networks nor an extra VIP of "
+                                  "ipsec:extra_vips".format(_short(name)))
+    return control_plane, {control_plane} | (set(raw) - skipped_vips), skipped_vips
 
 
-def _parse_cluster_options(conf, warnings):
+def _flag(value, key, default):
+    """A pillar boolean: YAML true/false only (the string "false" is truthy)."""
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        fail(key, "must be true or false, got {!r}".format(_short(value)))
+    return value
+
+
+def _pattern(value, key, regex, what):
+    if not isinstance(value, str) or not regex.fullmatch(value):
+        fail(key, "{!r} {}".format(_short(value), what))
+    return value
+
+
+def parse_interval(value, key="pacemaker:monitor_interval"):
+    """A pacemaker interval from pillar (int seconds or '10s', '1min'), > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        fail(key, "{!r} is not a pacemaker interval (e.g. 10s, 1min, 30)".format(_short(value)))
+    text = str(value)
+    if not INTERVAL_RE.fullmatch(text) or not int(re.match(r"[0-9]+", text).group()):
+        fail(key, "{!r} is not a pacemaker interval (e.g. 10s, 1min, 30)".format(_short(value)))
+    return text if isinstance(value, str) else "{}s".format(value)
+
+
+def parse_pacemaker(conf, warnings):
+    """``ipsec:pacemaker``: the VIP tunnel resources' settings."""
     pacemaker = _mapping(conf.get("pacemaker"), "pacemaker")
     warnings.extend(unknown_keys("pacemaker", pacemaker, "pacemaker"))
-    resource_prefix = _name(pacemaker.get("resource_prefix", DEFAULT_RESOURCE_PREFIX),
-                            "pacemaker:resource_prefix", "resource prefix")
-    vip_resource = pacemaker.get("vip_resource", DEFAULT_VIP_RESOURCE)
-    if not isinstance(vip_resource, str) or not re.match(r"^[A-Za-z0-9_.:{}-]{1,64}$", vip_resource):
-        fail("pacemaker:vip_resource", "{!r} is not a resource name template".format(_short(vip_resource)))
+    vip_resource = _pattern(pacemaker.get("vip_resource", DEFAULT_VIP_RESOURCE), "pacemaker:vip_resource",
+                            VIP_RESOURCE_RE, "is not a resource name template")
     try:
         vip_resource.format(address="198.51.100.1", name="x", network="x")
     except (KeyError, IndexError, ValueError):
         fail("pacemaker:vip_resource", "may only use {address}, {name} and {network}")
-    # Read by _modules/ipsec_pacemaker.py (and init.sls for manage); checked
-    # here so a typo fails every node's plan, not only the applier's run.
-    if not isinstance(pacemaker.get("manage", False), bool):
-        fail("pacemaker:manage", "must be true or false")
     apply_from = pacemaker.get("apply_from")
-    if apply_from is not None and (not isinstance(apply_from, str) or not apply_from.strip()):
-        fail("pacemaker:apply_from", "{!r} must be a minion id".format(_short(apply_from)))
-    interval = pacemaker.get("monitor_interval", "10s")
-    if isinstance(interval, bool) or not (
-            (isinstance(interval, int) and interval > 0)
-            or (isinstance(interval, str) and re.match(r"^[0-9]{1,9}(ms|msec|us|usec|s|sec|m|min|h|hr)?$", interval)
-                and int(re.match(r"[0-9]+", interval).group()) > 0)):
-        fail("pacemaker:monitor_interval", "{!r} is not a pacemaker interval (e.g. 10s, 1min, 30)".format(
-            _short(interval)))
-    return resource_prefix, vip_resource
+    if apply_from is not None:
+        _pattern(apply_from, "pacemaker:apply_from", MINION_ID_RE, "is not a minion id")
+    return {
+        # None: follow pacemaker (managed on cluster nodes where it runs).
+        "manage": _flag(pacemaker.get("manage"), "pacemaker:manage", None),
+        "resource_prefix": _name(pacemaker.get("resource_prefix", DEFAULT_RESOURCE_PREFIX),
+                                 "pacemaker:resource_prefix", "resource prefix"),
+        "vip_resource": vip_resource,
+        "apply_from": apply_from,
+        "monitor_interval": parse_interval(pacemaker.get("monitor_interval", DEFAULT_MONITOR_INTERVAL)),
+    }
 
 
-def _parse_firewall(conf, warnings):
+def parse_firewall(conf, warnings):
+    """``ipsec:firewall``: whether and how the formula opens IKE/ESP."""
     firewall = _mapping(conf.get("firewall"), "firewall")
     warnings.extend(unknown_keys("firewall", firewall, "firewall"))
-    manage = firewall.get("manage", True)
-    if not isinstance(manage, bool):
-        fail("firewall:manage", "must be true or false")
     backend = firewall.get("backend", "nftables")
     if backend not in ("nftables", "iptables"):
         fail("firewall:backend", "{!r} must be nftables or iptables".format(_short(backend)))
-    table = firewall.get("table", "ipsec_formula")
-    if not isinstance(table, str) or not re.match(r"^[A-Za-z][A-Za-z0-9_]{0,31}$", table):
-        fail("firewall:table", "{!r} must be 1-32 letters, digits or '_'".format(_short(table)))
-    return {"manage": manage, "backend": backend, "table": table}
+    return {
+        "manage": _flag(firewall.get("manage"), "firewall:manage", True),
+        "backend": backend,
+        "table": _pattern(firewall.get("table", "ipsec_formula"), "firewall:table", TABLE_RE,
+                          "must be 1-32 letters, digits or '_', starting with a letter"),
+    }
+
+
+def parse_clean(conf, warnings):
+    """``ipsec:clean``: what ``ipsec.clean`` removes besides the formula's own objects."""
+    clean = _mapping(conf.get("clean"), "clean")
+    warnings.extend(unknown_keys("clean", clean, "clean"))
+    return {"remove_package": _flag(clean.get("remove_package"), "clean:remove_package", False)}
+
+
+def _merge(base, override):
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(merged.get(key), dict) and isinstance(value, dict):
+            value = _merge(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def _path(value, key):
+    """An absolute, normalised path of plain characters (it reaches config
+    lines, command arguments and files the formula writes or deletes)."""
+    if not isinstance(value, str) or not PATH_RE.fullmatch(value) or any(
+            part in (".", "..") for part in value.split("/")):
+        fail(key, "{!r} must be an absolute normalised path of letters, digits and . _ + - "
+                  "(not '/' itself)".format(_short(value)))
+    return value
+
+
+def parse_lookup(conf, os_family=None, warnings=None):
+    """``ipsec:lookup`` over the built-in defaults and the OS family's
+    values: every path, package, service and agent name the formula uses on
+    the node, validated. The one place these defaults live (``ipsec.lookup``
+    gives them to the SLS files)."""
+    override = _mapping(_mapping(conf, "").get("lookup"), "lookup")
+    merged = _merge(_merge(DEFAULT_LOOKUP, OS_FAMILY_LOOKUP.get(os_family, {})), override)
+    if warnings is not None:
+        warnings.extend(unknown_keys("lookup", override, "lookup"))
+    lookup = {}
+    for section, names in LOOKUP_SECTIONS.items():
+        value = _mapping(merged.get(section), "lookup:" + section)
+        if warnings is not None and section in override:
+            warnings.extend(unknown_keys("lookup:" + section, override[section] or {}, "lookup:" + section))
+        lookup[section] = {}
+        for name, kind in names.items():
+            key = "lookup:{}:{}".format(section, name)
+            item = value.get(name)
+            if kind == "flag":
+                lookup[section][name] = _flag(item, key, True)
+            elif kind == "path?":
+                lookup[section][name] = None if item is None else _path(item, key)
+            elif kind == "path":
+                lookup[section][name] = _path(item, key)
+            else:
+                lookup[section][name] = _pattern(item, key, kind, "is not a valid name "
+                                                 "(letters, digits and . _ + @ -, not starting with '-')")
+    for name in LOOKUP_PATHS:
+        lookup[name] = _path(merged.get(name), "lookup:" + name)
+    return lookup
+
+
+MINE_TARGET_TYPES = ("glob", "pcre", "list", "grain", "grain_pcre", "pillar", "pillar_pcre", "compound",
+                     "ipcidr", "nodegroup", "range")
+MINE_TARGET_RE = re.compile(r"[\x20-\x7e]{1,1024}")
+MINE_FUNCTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*")
+VERSION_RE = re.compile(r"([3-5])\.([0-9]{1,3})(?:\.[0-9]{1,3})?")
+
+
+def parse_mine(conf, warnings):
+    """``ipsec:mine``: where peers come from when there is no ``ipsec:nodes``."""
+    mine = _mapping(conf.get("mine"), "mine")
+    warnings.extend(unknown_keys("mine", mine, "mine"))
+    tgt_type = mine.get("tgt_type", "glob")
+    if tgt_type not in MINE_TARGET_TYPES:
+        fail("mine:tgt_type", "{!r} must be one of {}".format(_short(tgt_type), ", ".join(MINE_TARGET_TYPES)))
+    return {
+        "target": _pattern(mine.get("target", "*"), "mine:target", MINE_TARGET_RE, "is not a target expression"),
+        "tgt_type": tgt_type,
+        "function": _pattern(mine.get("function", "ipsec.addresses"), "mine:function", MINE_FUNCTION_RE,
+                             "is not a function name (module.function)"),
+    }
+
+
+def parse_libreswan_version(conf):
+    """``ipsec:libreswan_version`` ("5.2"): (version text, major) or None."""
+    pinned = conf.get("libreswan_version")
+    if pinned is None:
+        return None
+    match = VERSION_RE.fullmatch(str(pinned)) if isinstance(pinned, (str, int, float)) else None
+    if not match or isinstance(pinned, bool):
+        fail("libreswan_version", "{!r} is not a Libreswan 3.x, 4.x or 5.x version".format(_short(pinned)))
+    return "{}.{}".format(match.group(1), match.group(2)), int(match.group(1))
+
+
+def parse_settings(conf, os_family=None, warnings=None):
+    """Every setting that is not topology, validated: what ``ipsec.clean``
+    needs works with an otherwise broken pillar (prefix, lookup, firewall,
+    pacemaker, clean)."""
+    conf = _mapping(conf, "")
+    warnings = [] if warnings is None else warnings
+    return {
+        "prefix": _name(conf.get("prefix", DEFAULT_PREFIX), "prefix", "prefix"),
+        "lookup": parse_lookup(conf, os_family, warnings),
+        "firewall": parse_firewall(conf, warnings),
+        "pacemaker": parse_pacemaker(conf, warnings),
+        "clean": parse_clean(conf, warnings),
+        "mine": parse_mine(conf, warnings),
+        "cluster": parse_cluster(conf),
+        "libreswan_version": parse_libreswan_version(conf),
+        # Replace what tripleo-ipsec left (files, conns, its pacemaker
+        # resources and their pcs constraints) instead of refusing to start.
+        "adopt_tripleo": _flag(conf.get("adopt_tripleo"), "adopt_tripleo", False),
+    }
 
 
 def _parse_defaults(conf):
@@ -603,12 +882,12 @@ def parse_cluster(conf):
     cluster = _mapping(_mapping(conf, "").get("cluster"), "cluster")
     if cluster.get("nodes") is not None:
         nodes = cluster["nodes"]
-        if not isinstance(nodes, list) or not all(isinstance(n, str) and n for n in nodes):
+        if not isinstance(nodes, list) or not all(isinstance(n, str) and MINION_ID_RE.fullmatch(n) for n in nodes):
             fail("cluster:nodes", "must be a list of minion ids")
         return "nodes", nodes
     if cluster.get("grain") is not None:
         grain = cluster["grain"]
-        if not isinstance(grain, str) or ":" not in grain:
+        if not isinstance(grain, str) or not GRAIN_MATCH_RE.fullmatch(grain):
             fail("cluster:grain", "{!r} must be a grain match 'key:value'".format(_short(grain)))
         return "grain", grain
     detect = cluster.get("detect", True)
@@ -638,39 +917,54 @@ def algorithm_sources(conf):
     return unique
 
 
-def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
-               cluster_node=False, mine_data=None, require_psk=True):
-    """Compute the plan of one node.
+def build_plan(conf, node_id, own_ips, major=4, config_dir=None,
+               cluster_node=False, mine_data=None, os_family=None, pacemaker_running=False,
+               require_psk=True):
+    """Compute the plan of one node: the gate every input passes.
 
     conf:        the ``ipsec`` pillar subtree (dict)
     node_id:     this minion's id
     own_ips:     this host's IP addresses (grains ipv4 + ipv6)
     major:       installed Libreswan major version (3, 4, 5)
-    config_dir:  where the formula's files go (lookup ``config_dir``)
+    config_dir:  override of lookup ``config_dir`` (tests); None: the lookup's
     cluster_node: whether this node runs pacemaker (gets VIP server conns)
     mine_data:   {minion_id: {network: address}} used when ``ipsec:nodes``
                  is absent
+    os_family:   grain ``os_family`` (per-family lookup defaults)
+    pacemaker_running: whether pacemaker runs here (its CIB answers): with
+                 ``pacemaker:manage`` unset, the VIP tunnel resources are
+                 managed on cluster nodes where it runs (TripleO's default)
     require_psk: False in derived key mode (``ipsec:keys``, _utils/ipsec_keys.py)
+
+    Every value any state, module or template of the formula uses comes out
+    of here validated (``plan["lookup"]``, ``["firewall"]``,
+    ``["pacemaker"]``, ``["clean"]``, ...); the PSK is checked here and only
+    ever read again by the secrets renderer.
     """
     conf = _mapping(conf, "")
     warnings = unknown_keys("", conf, "")
     problem = psk_problem(conf.get("psk")) if require_psk else None
     if problem:
         fail("psk", problem)
-    prefix = _name(conf.get("prefix", DEFAULT_PREFIX), "prefix", "prefix")
+    settings = parse_settings(conf, os_family, warnings)
+    prefix = settings["prefix"]
+    if config_dir is None:
+        config_dir = settings["lookup"]["config_dir"]
     defaults = _parse_defaults(conf)
     config_setup = dict(DEFAULT_CONFIG_SETUP)
     config_setup.update(parse_options(conf.get("config_setup"), "config_setup", CONFIG_SETUP_KEYWORDS))
     config_setup = {k: v for k, v in config_setup.items() if v is not None}
-    for section in ("mine", "cluster", "clean"):
+    for section in ("cluster",):
         warnings.extend(unknown_keys(section, _mapping(conf.get(section), section), section))
-    resource_prefix, vip_resource = _parse_cluster_options(conf, warnings)
-    firewall = _parse_firewall(conf, warnings)
+    pacemaker = dict(settings["pacemaker"])
+    if pacemaker["manage"] is None:
+        pacemaker["manage"] = bool(cluster_node and pacemaker_running)
 
     networks = _parse_networks(conf, defaults, warnings)
-    skip = _parse_skip(conf, networks)
     extra_vips = _parse_extra_vips(conf, networks, warnings)
+    control_plane, skip, skipped_vips = _parse_skip(conf, networks, extra_vips)
     vips = _all_vips(networks, extra_vips)
+    _check_conn_names(prefix, networks, vips)
     vip_addresses = {address for _, address in vips.values()}
 
     own = match_addresses(networks, own_ips, exclude=vip_addresses)
@@ -688,6 +982,11 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
         peers = _mine_peers(mine_data, networks, warnings)
         peers.pop(str(node_id), None)
     _check_unique_addresses(str(node_id), own, peers, vips, from_inventory)
+    if not peers:
+        warnings.append(
+            "no peers: {} lists no other node; node-to-node tunnels need peers from pillar "
+            "ipsec:nodes or the Salt mine (mine_functions: ipsec.addresses, then mine.update)".format(
+                "ipsec:nodes" if from_inventory else "the mine"))
 
     plan = {
         "node": str(node_id),
@@ -696,13 +995,19 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
         "cluster_node": bool(cluster_node),
         "peer_source": "pillar" if from_inventory else "mine",
         "addresses": own,
+        "control_plane": control_plane,
         "config_setup": config_setup,
         "networks": {},
         "connections": {},
         "secrets": [],
         "files": {},
         "vips": {},
-        "firewall": dict(firewall, networks={}),
+        "lookup": settings["lookup"],
+        "firewall": dict(settings["firewall"], networks={}),
+        "pacemaker": pacemaker,
+        "clean": settings["clean"],
+        "mine": settings["mine"],
+        "adopt_tripleo": settings["adopt_tripleo"],
         "warnings": warnings,
     }
 
@@ -713,7 +1018,10 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
             "connections": [],
         })
 
-    def add_conn(name, path, net, role, peer, keywords):
+    def add_conn(name, path, net, role, peer, keywords, key):
+        if name in plan["connections"]:
+            fail(key, "gives a conn named {}, which the plan already has for {} {}".format(
+                name, plan["connections"][name]["role"], plan["connections"][name]["network"]))
         plan["connections"][name] = {
             "file": path, "network": net.name, "role": role, "peer": peer, "keywords": keywords,
         }
@@ -733,6 +1041,7 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
             "address": address,
             "tunneled": tunneled,
             "skipped": name in skip,
+            "control_plane": name == control_plane,
             "peers": net_peers,
         }
         if not tunneled:
@@ -742,29 +1051,30 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir="/etc/ipsec.d",
         secrets_path = _file_path(config_dir, prefix, name + "-node-to-node-tunnels", "secrets")
         for peer_id, peer_address in sorted(net_peers.items(), key=lambda item: _address_order(item[1])):
             conn, keywords = _node_to_node(net, address, peer_address, prefix, major)
-            add_conn(conn, conf_path, net, "node-to-node", peer_id, keywords)
+            add_conn(conn, conf_path, net, "node-to-node", peer_id, keywords, "networks:" + name)
             add_secret(secrets_path, [address, peer_address])
 
     for vip_name, (net_name, vip_address) in sorted(vips.items()):
         net = networks[net_name]
         address = own.get(net_name)
-        if net_name in skip or address is None:
+        if net_name in skip or vip_name in skipped_vips or address is None:
             continue
+        key = _vip_key(vip_name, networks)
         conf_path = _file_path(config_dir, prefix, vip_name + "-vip-tunnels", "conf")
         secrets_path = _file_path(config_dir, prefix, vip_name + "-vip-tunnels", "secrets")
         client, client_keywords = _vip_client(net, vip_name, vip_address, address, prefix, major)
         server = None
         if cluster_node:
             server, server_keywords = _vip_server(net, vip_name, vip_address, prefix, major)
-            add_conn(server, conf_path, net, "vip-server", vip_address, server_keywords)
-        add_conn(client, conf_path, net, "vip-client", vip_address, client_keywords)
+            add_conn(server, conf_path, net, "vip-server", vip_address, server_keywords, key)
+        add_conn(client, conf_path, net, "vip-client", vip_address, client_keywords, key)
         add_secret(secrets_path, list(_vip_ids(prefix, vip_name)))
         if cluster_node:
             plan["vips"][vip_name] = {
                 "network": net_name,
                 "address": vip_address,
-                "resource": "{}-{}".format(resource_prefix, vip_name),
-                "vip_resource": vip_resource.format(address=vip_address, name=vip_name, network=net_name),
+                "resource": "{}-{}".format(pacemaker["resource_prefix"], vip_name),
+                "vip_resource": pacemaker["vip_resource"].format(address=vip_address, name=vip_name, network=net_name),
                 "tunnel": server,
                 "fallback_tunnel": client,
             }

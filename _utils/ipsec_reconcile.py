@@ -4,8 +4,8 @@ Reconciling the running pluto with the plan: pure logic, no I/O.
 ``parse_conf`` reads the formula's own rendered conf files back;
 ``diff`` compares what is on disk (and what pluto has loaded) with what is
 planned and says which conns to add, replace, delete, initiate and whether
-secrets must be re-read. The parsers below turn the text Libreswan's tools
-print into data for ``_modules/ipsec_pluto.py``.
+secrets must be re-read. The text Libreswan's tools print is parsed in
+``_utils/ipsec_status.py``.
 
 What the diff relies on (measured with Libreswan 4.10, see
 ``_modules/ipsec_pluto.py``): ``ipsec addconn NAME`` of a conn pluto already
@@ -19,10 +19,6 @@ Secret text is never returned: secrets files are only compared.
 """
 
 import re
-
-# Must stay equal to ipsec_plan.DEFAULT_PREFIX (utils loaded by Salt cannot
-# import each other reliably; a unit test compares them).
-DEFAULT_PREFIX = "overcloud"
 
 _SECTION = re.compile(r"^(conn|config|ca)\s+(\S+)\s*$")
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -101,7 +97,7 @@ def _conns_of(files, cache):
     return conns
 
 
-def diff(old_files, new_files, loaded=None, prefix=DEFAULT_PREFIX):
+def diff(old_files, new_files, loaded=None, owned=()):
     """What to change in the running pluto to go from ``old_files`` to
     ``new_files``.
 
@@ -115,17 +111,18 @@ def diff(old_files, new_files, loaded=None, prefix=DEFAULT_PREFIX):
         Optional names of the conns pluto has loaded now
         (``ipsec_pluto.loaded``). Without it the old files are taken as
         what pluto runs.
-    prefix
-        The plan's prefix: loaded conns named ``<prefix>-...`` that are not
-        planned are deleted too. ``None``: only conns of the old files.
+    owned
+        Names of the conns the formula loaded before (its manifest): those
+        still loaded and not planned are deleted too. Ownership is by
+        record, never by name: an operator's ``overcloud-backup`` stays.
 
     Returns (every list sorted)::
 
         {"add": [...],         # planned, not in the old files or not loaded
          "replace": [...],     # loaded (or in the old files) but its
                                # keywords or its file changed
-         "delete": [...],      # in the old files or loaded with the prefix,
-                               # not planned (or planned with auto=ignore)
+         "delete": [...],      # in the old files or owned, loaded, not
+                               # planned (or planned with auto=ignore)
          "unchanged": [...],
          "ignore": [...],      # planned with auto=ignore: never loaded
          "start": [...],       # added or replaced with auto=start: initiate
@@ -171,9 +168,7 @@ def diff(old_files, new_files, loaded=None, prefix=DEFAULT_PREFIX):
     if loaded_set is not None:
         # A conn of the old files that pluto no longer has needs no delete.
         gone = {name for name in gone if name in loaded_set}
-        if prefix:
-            gone |= {name for name in loaded_set
-                     if name.startswith(prefix + "-") and name not in new}
+        gone |= {name for name in owned if name in loaded_set and name not in new}
     result["delete"] = sorted(gone | set(result["delete"]))
 
     secrets_paths = sorted(p for p in set(old_files) | set(new_files) if _is_secrets(p))
@@ -192,139 +187,3 @@ def summary(changes):
     if changes.get("secrets_changed"):
         parts.append("secrets to re-read")
     return ", ".join(parts) if parts else "nothing to change"
-
-
-# --- Libreswan output -------------------------------------------------------
-
-# 3.x/4.x prefix whack replies with a 3-digit code (000-009 information,
-# 010-099 errors, 1xx/2xx state progress); 5.x prints none.
-_CODE = re.compile(r"^(\d{3}) (.*)$")
-_NAMED = re.compile(r'^"([^"]+)"(?:\[\d+\])?(?: #\d+)?:\s*(.*)$')
-# The first line of each conn in the status connection list:
-# `"name": 198.51.100.1...198.51.100.2; ...`, instances `"name"[3]: ...`.
-_STATUS_CONN = re.compile(r'^(?:\d{3} )?"([^"]+)"(?:\[\d+\])?(?:\s|:)', re.M)
-_NOT_FOUND = re.compile(r"^conn '([^']+)': not found")
-
-
-def split_code(line):
-    """(code or None, text) of one whack reply line."""
-    match = _CODE.match(line)
-    return (int(match.group(1)), match.group(2)) if match else (None, line)
-
-
-def parse_loaded(status_text):
-    """Sorted names of the conns in ``ipsec whack --status`` output
-    (template instances ``"name"[N]`` count as ``name``)."""
-    names = set()
-    for line in (status_text or "").splitlines():
-        text = line[4:] if line[:3].isdigit() and line[3:4] == " " else line
-        if not text.startswith('"'):
-            continue
-        end = text.find('"', 1)
-        if end > 1 and text[end + 1:end + 2] in (":", "["):
-            names.add(text[1:end])
-    return sorted(names)
-
-
-def total_loaded(status_text):
-    """``loaded N`` of the status line ``Total IPsec connections: ...``."""
-    match = re.search(r"Total IPsec connections: loaded (\d+)", status_text or "")
-    return int(match.group(1)) if match else None
-
-
-def parse_addconn(stdout, stderr, names):
-    """What ``ipsec addconn NAME...`` did to each name.
-
-    ``stdout`` holds pluto's replies (addconn 4.10 prints them only when its
-    stdout is a terminal), ``stderr`` addconn's own complaints. Returns
-    ``{"added": [...], "rejected": {name: message}, "unknown": [...],
-    "warnings": [...], "error": message or None}``: ``unknown`` are names
-    no line spoke about, ``error`` a problem of the whole call (config
-    not loadable).
-    """
-    wanted = list(dict.fromkeys(names))
-    added, rejected, warnings = [], {}, []
-    for line in (stdout or "").replace("\r", "").splitlines():
-        code, text = split_code(line.rstrip())
-        match = _NAMED.match(text)
-        if not match:
-            if code is not None and 10 <= code < 100:
-                warnings.append(text)
-            continue
-        name, message = match.group(1), match.group(2)
-        if "failed to add connection" in message or (code is not None and 10 <= code < 100):
-            rejected.setdefault(name, text)
-        elif re.match(r"added IKEv\d connection", message) or message.startswith("added"):
-            added.append(name)
-    error = None
-    for line in (stderr or "").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        match = _NOT_FOUND.match(line)
-        if match:
-            rejected.setdefault(match.group(1), line)
-        elif line.startswith("cannot load config") or "syntax error" in line:
-            error = line if error is None else error
-        else:
-            warnings.append(line)
-    added = [name for name in dict.fromkeys(added) if name not in rejected]
-    seen = set(added) | set(rejected)
-    return {
-        "added": added,
-        "rejected": rejected,
-        "unknown": [name for name in wanted if name not in seen],
-        "warnings": warnings,
-        "error": error,
-    }
-
-
-# Whack reply codes of a negotiation that is not answered (yet):
-# RC_RETRANSMISSION (010) and RC_NORETRANSMISSION (031, "timeout exceeded").
-# They say nothing against the conn: pluto keeps it and retries.
-NEGOTIATION_CODES = (10, 31)
-
-
-def whack_errors(stdout, unanswered_ok=False):
-    """Error replies (codes 10-99) of a whack call, e.g.
-    ``021 no connection named "x"``; ``unanswered_ok``: not those of a
-    negotiation the peer has not answered (NEGOTIATION_CODES)."""
-    skip = NEGOTIATION_CODES if unanswered_ok else ()
-    errors = []
-    for line in (stdout or "").replace("\r", "").splitlines():
-        code, text = split_code(line.rstrip())
-        if code is not None and 10 <= code < 100 and code not in skip:
-            errors.append(text)
-    return errors
-
-
-_SECRETS_LINE = re.compile(r'^"([^"]+)" line (\d+): (.*)$')
-
-
-def secrets_report(stdout):
-    """(files loaded, problems) of ``whack --rereadsecrets`` output.
-
-    Pluto quotes the offending token of a malformed secrets line (that is,
-    the secret) in its message; problems keep only the file, the line and
-    the reason up to the first ``:`` or quote.
-    """
-    files, problems = [], []
-    for line in (stdout or "").replace("\r", "").splitlines():
-        code, text = split_code(line.rstrip())
-        text = text.strip()
-        match = re.match(r'^loading secrets from "([^"]+)"', text)
-        if match:
-            files.append(match.group(1))
-            continue
-        if code is not None and code in (0, 2) or not text:
-            continue
-        if text.startswith("no secrets filename matched") or text == "forgetting secrets":
-            continue
-        located = _SECRETS_LINE.match(text)
-        prefix = ""
-        if located:
-            prefix = "{} line {}: ".format(located.group(1), located.group(2))
-            text = located.group(3)
-        reason = re.split(r'[:"]', text, maxsplit=1)[0].strip() or "rejected"
-        problems.append(prefix + reason)
-    return files, problems

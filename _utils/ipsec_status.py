@@ -645,3 +645,146 @@ def parse_status(text, traffic=None):
               "`ipsec whack --status`".format(parser.lines, first[:80]))
     parser.merge_traffic()
     return parser.result()
+
+
+# --- Libreswan's other output: version, whack and addconn replies ----------
+# (all of Libreswan's text is parsed in this module)
+
+# 3.x/4.x prefix whack replies with a 3-digit code (000-009 information,
+# 010-099 errors, 1xx/2xx state progress); 5.x prints none.
+_CODE = re.compile(r"^(\d{3}) (.*)$")
+_NAMED = re.compile(r'^"([^"]+)"(?:\[\d+\])?(?: #\d+)?:\s*(.*)$')
+_NOT_FOUND = re.compile(r"^conn '([^']+)': not found")
+
+
+def split_code(line):
+    """(code or None, text) of one whack reply line."""
+    match = _CODE.match(line)
+    return (int(match.group(1)), match.group(2)) if match else (None, line)
+
+
+def parse_loaded(status_text):
+    """Sorted names of the conns in ``ipsec whack --status`` output
+    (template instances ``"name"[N]`` count as ``name``)."""
+    names = set()
+    for line in (status_text or "").splitlines():
+        text = line[4:] if line[:3].isdigit() and line[3:4] == " " else line
+        if not text.startswith('"'):
+            continue
+        end = text.find('"', 1)
+        if end > 1 and text[end + 1:end + 2] in (":", "["):
+            names.add(text[1:end])
+    return sorted(names)
+
+
+def total_loaded(status_text):
+    """``loaded N`` of the status line ``Total IPsec connections: ...``."""
+    match = re.search(r"Total IPsec connections: loaded (\d+)", status_text or "")
+    return int(match.group(1)) if match else None
+
+
+def parse_addconn(stdout, stderr, names):
+    """What ``ipsec addconn NAME...`` did to each name.
+
+    ``stdout`` holds pluto's replies (addconn 4.10 prints them only when its
+    stdout is a terminal), ``stderr`` addconn's own complaints. Returns
+    ``{"added": [...], "rejected": {name: message}, "unknown": [...],
+    "warnings": [...], "error": message or None}``: ``unknown`` are names
+    no line spoke about, ``error`` a problem of the whole call (config
+    not loadable).
+    """
+    wanted = list(dict.fromkeys(names))
+    added, rejected, warnings = [], {}, []
+    for line in (stdout or "").replace("\r", "").splitlines():
+        code, text = split_code(line.rstrip())
+        match = _NAMED.match(text)
+        if not match:
+            if code is not None and 10 <= code < 100:
+                warnings.append(text)
+            continue
+        name, message = match.group(1), match.group(2)
+        if "failed to add connection" in message or (code is not None and 10 <= code < 100):
+            rejected.setdefault(name, text)
+        elif re.match(r"added IKEv\d connection", message) or message.startswith("added"):
+            added.append(name)
+    error = None
+    for line in (stderr or "").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        match = _NOT_FOUND.match(line)
+        if match:
+            rejected.setdefault(match.group(1), line)
+        elif line.startswith("cannot load config") or "syntax error" in line:
+            error = line if error is None else error
+        else:
+            warnings.append(line)
+    added = [name for name in dict.fromkeys(added) if name not in rejected]
+    seen = set(added) | set(rejected)
+    return {
+        "added": added,
+        "rejected": rejected,
+        "unknown": [name for name in wanted if name not in seen],
+        "warnings": warnings,
+        "error": error,
+    }
+
+
+# Whack reply codes of a negotiation that is not answered (yet):
+# RC_RETRANSMISSION (010) and RC_NORETRANSMISSION (031, "timeout exceeded").
+# They say nothing against the conn: pluto keeps it and retries.
+NEGOTIATION_CODES = (10, 31)
+
+
+def whack_errors(stdout, unanswered_ok=False):
+    """Error replies (codes 10-99) of a whack call, e.g.
+    ``021 no connection named "x"``; ``unanswered_ok``: not those of a
+    negotiation the peer has not answered (NEGOTIATION_CODES)."""
+    skip = NEGOTIATION_CODES if unanswered_ok else ()
+    errors = []
+    for line in (stdout or "").replace("\r", "").splitlines():
+        code, text = split_code(line.rstrip())
+        if code is not None and 10 <= code < 100 and code not in skip:
+            errors.append(text)
+    return errors
+
+
+_SECRETS_LINE = re.compile(r'^"([^"]+)" line (\d+): (.*)$')
+
+
+def secrets_report(stdout):
+    """(files loaded, problems) of ``whack --rereadsecrets`` output.
+
+    Pluto quotes the offending token of a malformed secrets line (that is,
+    the secret) in its message; problems keep only the file, the line and
+    the reason up to the first ``:`` or quote.
+    """
+    files, problems = [], []
+    for line in (stdout or "").replace("\r", "").splitlines():
+        code, text = split_code(line.rstrip())
+        text = text.strip()
+        match = re.match(r'^loading secrets from "([^"]+)"', text)
+        if match:
+            files.append(match.group(1))
+            continue
+        if code is not None and code in (0, 2) or not text:
+            continue
+        if text.startswith("no secrets filename matched") or text == "forgetting secrets":
+            continue
+        located = _SECRETS_LINE.match(text)
+        prefix = ""
+        if located:
+            prefix = "{} line {}: ".format(located.group(1), located.group(2))
+            text = located.group(3)
+        reason = re.split(r'[:"]', text, maxsplit=1)[0].strip() or "rejected"
+        problems.append(prefix + reason)
+    return files, problems
+
+
+_VERSION = re.compile(r"Libreswan\s+U?(\d+)\.(\d+)")
+
+
+def parse_version(text):
+    """``(major, minor)`` of ``ipsec --version`` output, or None."""
+    match = _VERSION.search(text or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None

@@ -2,68 +2,53 @@
 # vim: ft=sls
 # Remove everything the formula created, and nothing else:
 #   its pacemaker resources and constraints (from the applier node) and its
-#   resource agent; its conns from the running pluto; its conf/secrets
-#   files; its firewall table or rules; the include line it added to
-#   ipsec.secrets; ipsec.conf given back as it was before the formula.
+#   resource agent; its conns from the running pluto, its tunnel files and
+#   manifest, its lines in ipsec.conf and ipsec.secrets (what its manifest
+#   and markers say it wrote, never a name pattern); its firewall table or
+#   rules.
 # Optionally (ipsec:clean:remove_package) the service and package too.
-# Works with an invalid pillar: it reads only ipsec:prefix, ipsec:firewall,
-# ipsec:lookup and ipsec:clean, never the plan.
+# Works with an invalid pillar: it reads only the validated settings
+# (ipsec.settings: prefix, lookup, firewall, pacemaker, clean), never the plan.
 {%- set tplroot = tpldir.split('/')[0] %}
-{%- from tplroot ~ "/map.jinja" import lookup with context %}
-{%- set conf = salt['pillar.get']('ipsec', {}) %}
-{%- set firewall = conf.get('firewall') or {} %}
-{%- set clean = conf.get('clean') or {} %}
+{%- set settings = salt['ipsec.settings']() %}
+{%- set lookup = settings.lookup %}
 {%- set pcmk = lookup.pacemaker %}
 
-{%- if (conf.get('pacemaker') or {}).get('manage', False) %}
+{%- if settings.pacemaker.manage %}
 ipsec-clean-pacemaker-resources-absent:
   ipsec_pacemaker.absent:
     - require_in:
-      - ipsec-clean-conns-deleted
+      - ipsec-clean-tunnels-absent
 {%- endif %}
 
 ipsec-clean-pacemaker-agent-absent:
   file.absent:
     - name: {{ pcmk.ocf_root }}/resource.d/{{ pcmk.provider }}/{{ pcmk.agent }}
 
-ipsec-clean-conns-deleted:
-  ipsec.conns_absent
+ipsec-clean-tunnels-absent:
+  ipsec.absent
 
-ipsec-clean-tunnel-files-absent:
-  ipsec.files_absent:
-    - require:
-      - ipsec-clean-conns-deleted
-
-ipsec-clean-secrets-include-absent:
-  ipsec.secrets_include_absent:
-    - name: {{ lookup.secrets_file }}
-
-ipsec-clean-config-file-restored:
-  ipsec.config_restored:
-    - name: {{ lookup.config_file }}
-
-{%- if firewall.get('manage', True) %}
+{%- if settings.firewall.manage %}
 ipsec-clean-firewall-absent:
   ipsec_firewall.absent:
-    - backend: {{ firewall.get('backend', 'nftables') }}
-    - table: {{ firewall.get('table', 'ipsec_formula') }}
+    - backend: {{ settings.firewall.backend }}
+    - table: {{ settings.firewall.table }}
 {%- endif %}
 
-{%- if clean.get('remove_package', False) %}
+{%- if settings.clean.remove_package %}
 {%-   if lookup.service.manage %}
 ipsec-clean-service-dead:
   service.dead:
     - name: {{ lookup.service.name }}
     - enable: false
     - require:
-      - ipsec-clean-conns-deleted
+      - ipsec-clean-tunnels-absent
 {%-   endif %}
 {%-   if lookup.pkg.manage %}
 ipsec-clean-package-removed:
   pkg.removed:
     - name: {{ lookup.pkg.name }}
     - require:
-      - ipsec-clean-tunnel-files-absent
-      - ipsec-clean-config-file-restored
+      - ipsec-clean-tunnels-absent
 {%-   endif %}
 {%- endif %}

@@ -7,7 +7,7 @@ include:
   - .config
   - .firewall
   - .service
-{#- Pacemaker VIP tunnel resources: opt-in (ipsec:pacemaker:manage). #}
-{%- if salt['pillar.get']('ipsec:pacemaker:manage', False) %}
+{#- Pacemaker VIP tunnel resources: ipsec:pacemaker:manage (validated by the plan). #}
+{%- if salt['ipsec.plan']()['pacemaker']['manage'] %}
   - .pacemaker
 {%- endif %}

@@ -10,6 +10,7 @@
 {%- from tplroot ~ "/map.jinja" import lookup with context %}
 {%- set pcmk = lookup.pacemaker %}
 {%- set plan = salt['ipsec.plan']() %}
+{#- Agent path parts come from the validated lookup (no '/' or '..' in them). #}
 
 include:
   - {{ tplroot }}.service

@@ -13,12 +13,11 @@ ipsec-service-running:
     - enable: true
     - require:
       - ipsec-nss-db-initialised
-      - ipsec-secrets-file-includes-formula-secrets
       - ipsec-tunnel-files-managed
     # Tunnels change live, without a restart (ipsec.tunnels_managed); only a
     # change of `config setup` in ipsec.conf needs pluto restarted.
     - watch:
-      - ipsec-config-file-managed
+      - ipsec-config-setup-applied
 {%- else %}
 ipsec-service-running:
   test.nop:

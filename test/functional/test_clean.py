@@ -48,10 +48,13 @@ def test_clean_removes_exactly_what_the_formula_created(salt_node, tmp_path, nam
 
     rc, data, output = saltenv.call_in_netns(node.cli, ns.name, "state.apply", "ipsec")
     assert rc == 0, output
-    assert "Managed by Salt (ipsec-formula)" in _read(layout.config_file)
-    assert _read(layout.config_file + ".ipsec-formula-orig") == operator_conf
+    # The operator's ipsec.conf is kept: only the formula's marked lines are added.
+    conf = _read(layout.config_file)
+    assert "logfile=/var/log/pluto-site.log" in conf and "\tuniqueids=no\n" in conf
+    assert conf.count("# BEGIN ipsec-formula") == 1  # the operator's include is enough
+    assert not os.path.exists(layout.config_file + ".ipsec-formula-orig")
     assert _read(layout.secrets_file).startswith(OPERATOR_SECRETS)
-    assert _read(layout.secrets_file).endswith("include {}/*.secrets  # ipsec-formula\n".format(layout.config_dir))
+    assert "include {}/*.secrets\n# END ipsec-formula\n".format(layout.config_dir) in _read(layout.secrets_file)
     assert ns.exec(["nft", "list", "table", "inet", "ipsec_formula"], check=False).returncode == 0
     assert os.path.exists(node.agent_path())
     assert set(pcmk.objects(node.cib)) > set(cib_objects)
@@ -70,7 +73,7 @@ def test_clean_removes_exactly_what_the_formula_created(salt_node, tmp_path, nam
     assert {sid: st["changes"] for sid, st in _states(data).items() if st["changes"]} == predicted
 
     assert pluto.connection_names() == {"site"}
-    assert os.listdir(layout.config_dir) == ["site.conf"]
+    assert sorted(os.listdir(layout.config_dir)) == ["site.conf"]
     assert _read(os.path.join(layout.config_dir, "site.conf")) == SITE_CONN
     assert _read(layout.config_file) == operator_conf
     assert not os.path.exists(layout.config_file + ".ipsec-formula-orig")

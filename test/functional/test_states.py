@@ -2,6 +2,7 @@
 files and modes, idempotence, test=True accuracy, failure with no writes,
 stale-file removal, the PSK kept out of every output and log."""
 
+import json
 import os
 import stat
 
@@ -70,8 +71,11 @@ def test_apply_writes_the_plan_with_modes_then_is_idempotent(node):
     plan = node.call("ipsec.plan").data
     written = sorted(
         os.path.join(node.layout.config_dir, name) for name in os.listdir(node.layout.config_dir)
+        if name != ".ipsec-formula.json"
     )
     assert written == sorted(plan["files"])
+    manifest = json.loads(open(os.path.join(node.layout.config_dir, ".ipsec-formula.json")).read())
+    assert manifest["files"] == sorted(plan["files"]) and manifest["conns"] == sorted(plan["connections"])
     for path, meta in plan["files"].items():
         assert "{:04o}".format(stat.S_IMODE(os.stat(path).st_mode)) == meta["mode"]
     conf = open(os.path.join(node.layout.config_dir, "overcloud-redis-vip-tunnels.conf")).read()
@@ -112,7 +116,9 @@ def test_test_mode_predicts_exactly_what_a_run_changes(node):
     assert files[d + "tenant-node-to-node-tunnels.conf"] == {"removed": "not in the plan any more"}
     assert files[d + "redis-vip-tunnels.conf"]["mode"] == {"old": "0644", "new": "0640"}
     assert "aes_gcm256-null" in files[d + "storage-vip-tunnels.conf"]["diff"]
-    assert "ipsec-config-file-managed" in predicted_changes
+    # config setup changed: the service state's watch sees it (the only restart).
+    assert predicted_changes["ipsec-config-setup-applied"] == {"config setup": "changed: pluto must restart"}
+    assert "+\tlogappend=no\n" in files[node.layout.config_file]["diff"]
 
     again = node.apply("test=True")
     assert changed(again) == {}
@@ -172,6 +178,8 @@ def test_stale_formula_files_removed_unrelated_files_kept(node):
     assert not [n for n in names if n.startswith("overcloud-storage-")]
     assert "site-vpn.conf" in names and "overcloudx-storage.conf" in names
     removed = changed(result)["ipsec-tunnel-files-managed"]
+    manifest = removed.pop(os.path.join(node.layout.config_dir, ".ipsec-formula.json"))
+    assert manifest == {"manifest": "the formula's record of its files and conns updated"}
     assert len(removed) == 4 and all(c == {"removed": "not in the plan any more"} for c in removed.values())
 
 
@@ -291,10 +299,9 @@ def test_default_lookup_renders_package_nss_and_service(salt_node):
     require = [item["require"] for item in service if isinstance(item, dict) and "require" in item][0]
     # Hitless: tunnel changes go to the running pluto, only `config setup`
     # changes restart it.
-    assert watch == ["ipsec-config-file-managed"]
+    assert watch == ["ipsec-config-setup-applied"]
     assert "ipsec-tunnel-files-managed" in require
     assert "tunnels_managed" in data["ipsec-tunnel-files-managed"]["ipsec"]
-    nss = data["ipsec-nss-db-initialised"]["cmd"]
-    assert {"creates": "/var/lib/ipsec/nss/cert9.db"} in nss
-    assert {"name": "/usr/sbin/ipsec initnss --nssdir /var/lib/ipsec/nss"} in nss
-    assert {"name": "/etc/ipsec.conf"} in data["ipsec-config-file-managed"]["file"]
+    assert "config_setup_applied" in data["ipsec-config-setup-applied"]["ipsec"]
+    # initnss runs as an argument list (no shell), from the validated lookup.
+    assert "nss_initialised" in data["ipsec-nss-db-initialised"]["ipsec"]

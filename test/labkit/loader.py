@@ -38,3 +38,46 @@ def minion_modules(pillar, grains=None, opts=None, node_id="labkit-node"):
     minion_opts.update(base)
     utils = salt.loader.utils(minion_opts)
     return salt.loader.minion_mods(minion_opts, utils=utils)
+
+
+def utils_functions():
+    """Every public function of the repository's ``_utils`` modules, keyed
+    as Salt's ``__utils__`` keys them (``"ipsec_plan.build_plan"``), for
+    unit tests that give a module its dunders as plain dicts."""
+    import importlib  # pylint: disable=import-outside-toplevel
+    import inspect  # pylint: disable=import-outside-toplevel
+
+    functions = {}
+    for name in sorted(os.listdir(os.path.join(REPO, "_utils"))):
+        if name.endswith(".py"):
+            module = importlib.import_module(name[:-3])
+            for attr, value in vars(module).items():
+                if not attr.startswith("_") and (inspect.isfunction(value) or inspect.isclass(value)):
+                    functions["{}.{}".format(name[:-3], attr)] = value
+                elif attr.isupper():
+                    functions["{}.{}".format(name[:-3], attr)] = value
+    return functions
+
+
+def load_file(kind, name, **dunders):
+    """A fresh copy of ``<kind>/<name>.py`` (``_modules`` or ``_states``) with
+    the given dunders (``__salt__=...``) set as they are, for unit tests of
+    the Salt glue with Salt's other functions faked."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
+    spec = importlib.util.spec_from_file_location(
+        "{}_{}_under_test".format(name, kind.strip("_")), os.path.join(REPO, kind, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for key, value in dunders.items():
+        setattr(module, key, value)
+    return module
+
+
+def with_pluto(salt, utils, context):
+    """Add the functions of ``_modules/ipsec_pluto.py`` (the Libreswan
+    commands, run through ``salt["cmd.run_all"]``) to a fake ``__salt__``."""
+    pluto = load_file("_modules", "ipsec_pluto", __salt__=salt, __utils__=utils, __context__=context)
+    for name in ("version", "algparse", "whack", "running", "loaded", "checkconfig", "initnss"):
+        salt["ipsec_pluto." + name] = getattr(pluto, name)
+    return pluto

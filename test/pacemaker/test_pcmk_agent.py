@@ -204,6 +204,31 @@ def test_configuration_problems(node):
     assert n.agent("promote")[0] == 3
 
 
+# Every parameter that reaches a command line, with values that would be an
+# option, a path to somewhere else, or not an address at all.
+BAD_PARAMETERS = [
+    ("fallbacktunnel", "--autoall"), ("fallbacktunnel", "-x"), ("tunnel", "--listen"), ("tunnel", ".hidden"),
+    ("tunnel", "a b"), ("tunnel", "a;touch /tmp/x"), ("vip", "1.2.3.4.5"), ("vip", "::::"), ("vip", "-1"),
+    ("vip", "256.1.1.1"), ("vip", "1::2::3"), ("vip", "198.51.100.100\n"), ("ctlsocket", "run/pluto.ctl"),
+    ("ctlsocket", "--help"), ("ipsec_conf", "-"), ("ipsec_bin", "ipsec"),
+]
+
+
+@pytest.mark.parametrize("param,value", BAD_PARAMETERS)
+def test_bad_parameters_are_refused_before_every_use(node, param, value):
+    """validate-all and start refuse them; stop does nothing with them (and
+    succeeds: a failed stop gets a node fenced); monitor reports not
+    running on a probe. Pluto's loaded set never changes."""
+    n = node()
+    before = n.pluto.connection_names()
+    rc, err = n.agent("validate-all", **{param: value})
+    assert rc == OCF_ERR_CONFIGURED, err
+    assert n.agent("start", **{param: value})[0] == OCF_ERR_CONFIGURED
+    assert n.agent("monitor", interval=0, **{param: value})[0] == OCF_NOT_RUNNING
+    assert n.agent("stop", **{param: value})[0] == OCF_SUCCESS
+    assert n.pluto.connection_names() == before
+
+
 # --- failover between two real nodes ----------------------------------------------
 
 def test_failover_makes_the_old_holder_a_client_of_the_new_one(node, namespace_factory):

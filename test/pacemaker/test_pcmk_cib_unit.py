@@ -1,15 +1,13 @@
 """Unit tests of the pure CIB logic (_utils/ipsec_cib.py): desired objects,
 reconcile (create, idempotence, drift, renames, stale removal, ownership,
 clashes, the operator's settings kept), who applies, pillar validation, and
-the lookup defaults kept equal between defaults.yaml and the module."""
+the agent defaults equal to the lookup defaults."""
 
 import copy
-import importlib.util
 import os
 import xml.etree.ElementTree as ET
 
 import pytest
-import yaml
 from salt.exceptions import SaltInvocationError
 
 import ipsec_cib
@@ -48,9 +46,9 @@ def wanted(extra=None, interval="10s", **pacemaker):
     return ipsec_cib.desired(vips(**pacemaker), "ipsec-formula", "vip-tunnel", extra, interval)
 
 
-def applied(text=EMPTY, want=None):
+def applied(text=EMPTY, want=None, adopt=False):
     root = ipsec_cib.parse(text)
-    new, changes, errors = ipsec_cib.reconcile(root, wanted() if want is None else want, PREFIX, AGENT)
+    new, changes, errors = ipsec_cib.reconcile(root, wanted() if want is None else want, PREFIX, AGENT, adopt=adopt)
     assert errors == []
     return new, changes
 
@@ -97,22 +95,10 @@ def test_agent_defaults_equal_the_agent_script_and_the_lookup():
     lookup = load_default_lookup()
     for key, param in ipsec_cib.LOOKUP_PARAMS:
         assert lookup[key] == ipsec_cib.AGENT_DEFAULTS[param]
-    assert ipsec_cib.DEFAULT_RESOURCE_PREFIX == ipsec_plan.DEFAULT_RESOURCE_PREFIX
 
 
 def load_default_lookup():
-    spec = importlib.util.spec_from_file_location("ipsec_module_for_test", os.path.join(REPO, "_modules", "ipsec.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.DEFAULT_LOOKUP
-
-
-def test_lookup_defaults_equal_in_defaults_yaml_and_the_module():
-    with open(os.path.join(REPO, "ipsec", "defaults.yaml")) as handle:
-        from_yaml = yaml.safe_load(handle)["ipsec"]["lookup"]
-    assert from_yaml == load_default_lookup()
-    assert from_yaml["pacemaker"] == {
-        "ocf_root": "/usr/lib/ocf", "provider": "ipsec-formula", "agent": "vip-tunnel", "cib_file": None}
+    return ipsec_plan.DEFAULT_LOOKUP
 
 
 def test_reconcile_creates_everything_then_nothing():
@@ -240,16 +226,45 @@ def test_primitive_inside_a_group_is_not_taken_over():
     assert not any(oid.startswith("tripleo-ipsec-redis") for oid in changes)
 
 
-def test_legacy_tripleo_primitive_of_the_same_name_is_converted():
-    text = EMPTY.replace("    </resources>", '      <primitive id="tripleo-ipsec-redis" class="ocf" provider="heartbeat" '
-                                                'type="ipsec"><instance_attributes id="ia"><nvpair id="ia-t" '
-                                                'name="tunnel" value="overcloud-redis-vip-tunnel"/></instance_attributes>'
-                                                '</primitive>\n    </resources>')
-    new, changes = applied(text)
+TRIPLEO_CIB = EMPTY.replace(
+    "    </resources>",
+    '      <primitive id="tripleo-ipsec-redis" class="ocf" provider="heartbeat" type="ipsec">'
+    '<instance_attributes id="ia"><nvpair id="ia-t" name="tunnel" value="overcloud-redis-vip-tunnel"/>'
+    '</instance_attributes></primitive>\n    </resources>').replace(
+    "<constraints/>",
+    '<constraints><rsc_colocation id="colocation-tripleo-ipsec-redis-ip-198.51.100.101-INFINITY" '
+    'rsc="tripleo-ipsec-redis" with-rsc="ip-198.51.100.101" score="INFINITY"/>'
+    '<rsc_order id="order-ip-198.51.100.101-tripleo-ipsec-redis-mandatory" first="ip-198.51.100.101" '
+    'first-action="start" then="tripleo-ipsec-redis" then-action="start" kind="Mandatory" symmetrical="false"/>'
+    '</constraints>')
+
+
+def test_a_tripleo_primitive_is_refused_unless_adopted():
+    """Never half of each: without ipsec:adopt_tripleo nothing of that VIP
+    changes and the error says how; with it, TripleO's resource becomes the
+    formula's and the constraints pcs made for it go, in one change."""
+    assert "<rsc_colocation" in TRIPLEO_CIB, "the fixture must hold pcs's constraints"
+    root = ipsec_cib.parse(TRIPLEO_CIB)
+    new, changes, errors = ipsec_cib.reconcile(root, wanted(), PREFIX, AGENT)
+    assert len(errors) == 1 and "ipsec:adopt_tripleo" in errors[0] and "TripleO's resource" in errors[0]
+    assert not [object_id for object_id in changes if "redis" in object_id]
+    assert summary_of(new, "tripleo-ipsec-redis")["agent"] == "ocf:heartbeat:ipsec"
+
+    new, changes = applied(TRIPLEO_CIB, adopt=True)
     assert changes["tripleo-ipsec-redis"]["old"]["agent"] == "ocf:heartbeat:ipsec"
     prim = find(new, "tripleo-ipsec-redis")
     assert (prim.get("provider"), prim.get("type")) == ("ipsec-formula", "vip-tunnel")
     assert prim.find("instance_attributes").get("id") == "ia"
+    for pcs_made in ("colocation-tripleo-ipsec-redis-ip-198.51.100.101-INFINITY",
+                     "order-ip-198.51.100.101-tripleo-ipsec-redis-mandatory"):
+        assert find(new, pcs_made) is None and changes[pcs_made]["new"] is None
+    constraints = [c.get("id") for c in new.find("configuration/constraints")]
+    assert sorted(c for c in constraints if "redis" in c) == sorted(ipsec_cib.constraint_ids("tripleo-ipsec-redis")
+                                                                     .values())
+
+
+def summary_of(root, object_id):
+    return ipsec_cib.summary(find(root, object_id))
 
 
 def test_status_section_ids_are_not_definitions():
@@ -296,20 +311,22 @@ def test_dc_name_and_who_applies():
 
 
 def test_options_and_intervals():
-    assert ipsec_cib.options({}) == {"manage": False, "resource_prefix": "tripleo-ipsec", "apply_from": None,
-                                     "monitor_interval": "10s"}
-    assert ipsec_cib.options({"pacemaker": {"monitor_interval": 30, "apply_from": "c-1"}})["monitor_interval"] == "30s"
+    assert ipsec_plan.parse_pacemaker({}, []) == {
+        "manage": None, "resource_prefix": "tripleo-ipsec", "vip_resource": "ip-{address}", "apply_from": None,
+        "monitor_interval": "10s"}
+    options = ipsec_plan.parse_pacemaker({"pacemaker": {"monitor_interval": 30, "apply_from": "c-1"}}, [])
+    assert options["monitor_interval"] == "30s"
     for good in ("10s", "1min", "500ms", "2h"):
-        assert ipsec_cib.interval(good) == good
-    for bad in ("0", "ten", "10 s", True, -5, "10d"):
-        with pytest.raises(SaltInvocationError):
-            ipsec_cib.interval(bad)
+        assert ipsec_plan.parse_interval(good) == good
+    for bad in ("0", "ten", "10 s", True, -5, "10d", "10s\n", "1min\x00"):
+        with pytest.raises(SaltInvocationError, match="^ipsec:pacemaker:monitor_interval: "):
+            ipsec_plan.parse_interval(bad)
 
 
 @pytest.mark.parametrize("pacemaker,message", [
     ({"manage": "yes"}, "ipsec:pacemaker:manage: must be true or false"),
-    ({"apply_from": ""}, "ipsec:pacemaker:apply_from: '' must be a minion id"),
-    ({"apply_from": ["a"]}, "ipsec:pacemaker:apply_from: ['a'] must be a minion id"),
+    ({"apply_from": ""}, "ipsec:pacemaker:apply_from: '' is not a minion id"),
+    ({"apply_from": ["a"]}, "ipsec:pacemaker:apply_from: ['a'] is not a minion id"),
     ({"monitor_interval": "ten"}, "ipsec:pacemaker:monitor_interval: 'ten' is not a pacemaker interval"),
     ({"monitor_interval": 0}, "ipsec:pacemaker:monitor_interval: 0 is not a pacemaker interval"),
     ({"monitor_interval": True}, "ipsec:pacemaker:monitor_interval: True is not a pacemaker interval"),

@@ -8,17 +8,13 @@ import pytest
 import yaml
 from salt.exceptions import SaltInvocationError
 
-import ipsec_keys
 import ipsec_plan
-from labkit import examples
+from labkit import examples, loader
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_module(pillar, grains=None, mine=None, calls=None):
-    spec = importlib.util.spec_from_file_location("ipsec_module_under_test", os.path.join(REPO, "_modules", "ipsec.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     calls = calls if calls is not None else []
 
     def mine_get(target, function, tgt_type="glob"):
@@ -31,27 +27,22 @@ def load_module(pillar, grains=None, mine=None, calls=None):
             return {"retcode": 0, "stdout": "Libreswan 4.10", "stderr": ""}
         return {"retcode": 0, "stdout": "ok", "stderr": ""}
 
-    module.__pillar__ = {"ipsec": pillar}
-    module.__grains__ = grains or {}
-    module.__opts__ = {"id": "controller-0"}
-    module.__context__ = {}
-    module.__salt__ = {"mine.get": mine_get, "cmd.run_all": run_all, "match.grain": lambda expr: expr == "roles:controller"}
-    module.__utils__ = {
-        "ipsec_plan." + name: getattr(ipsec_plan, name)
-        for name in ("build_plan", "node_addresses", "parse_cluster", "algorithm_sources")
-    }
-    module.__utils__.update({"ipsec_keys." + name: getattr(ipsec_keys, name) for name in ("parse_keys", "adapt_plan")})
+    salt = {"mine.get": mine_get, "cmd.run_all": run_all, "match.grain": lambda expr: expr == "roles:controller"}
+    context = {}
+    utils = loader.utils_functions()
+    module = loader.load_file("_modules", "ipsec", __pillar__={"ipsec": pillar}, __grains__=grains or {},
+                              __opts__={"id": "controller-0"}, __context__=context, __salt__=salt,
+                              __utils__=utils)
+    salt["ipsec.lookup"] = module.lookup
+    loader.with_pluto(salt, utils, context)
     return module
 
 
-def test_lookup_defaults_equal_the_state_tree_defaults():
-    with open(os.path.join(REPO, "ipsec", "defaults.yaml")) as handle:
-        defaults = yaml.safe_load(handle)["ipsec"]["lookup"]
-    with open(os.path.join(REPO, "ipsec", "osfamilymap.yaml")) as handle:
-        osfamilymap = yaml.safe_load(handle)
+def test_lookup_defaults_live_in_one_place():
+    """The SLS files read the lookup through ipsec.lookup: no YAML copy."""
+    assert not os.path.exists(os.path.join(REPO, "ipsec", "defaults.yaml"))
     module = load_module({})
-    assert module.DEFAULT_LOOKUP == defaults
-    assert module.OS_FAMILY_LOOKUP == osfamilymap
+    assert module.lookup()["config_file"] == ipsec_plan.DEFAULT_LOOKUP["config_file"]
 
 
 def test_lookup_merges_os_family_then_pillar():
@@ -117,3 +108,35 @@ def test_plan_warnings_are_logged_once_per_run_but_always_returned(caplog):
     expected = "algparse not found: not checked before pluto: ipsec:algorithm (default) esp=aes_gcm128-null"
     assert expected in first["warnings"] and expected in second["warnings"]
     assert [r.getMessage() for r in caplog.records].count("ipsec plan: " + expected) == 1
+
+
+@pytest.mark.parametrize("cib_answers,expected", [(0, True), (107, False)])
+def test_cluster_detection_asks_whether_pacemaker_runs(cib_answers, expected):
+    """Not whether pacemakerd is installed: images ship it to every role."""
+    calls = []
+    module = load_module(examples.pillar(cluster={"detect": True}), calls=calls,
+                         grains={"ipv4": examples.own_ips("controller-0")})
+    run_all = module.__salt__["cmd.run_all"]
+
+    def answer(cmd, **kwargs):
+        if "cibadmin" in cmd[0]:
+            calls.append(("cibadmin", cmd))
+            return {"retcode": cib_answers, "stdout": "", "stderr": ""}
+        return run_all(cmd, **kwargs)
+
+    module.__salt__["cmd.run_all"] = answer
+    built = module.build()
+    assert built["cluster_node"] is expected
+    assert built["pacemaker"]["manage"] is expected
+    assert [c for c in calls if c[0] == "cibadmin"][0][1][1:] == ["--query", "--local", "--scope", "nodes"]
+
+
+
+def test_a_minion_without_netaddr_is_told_what_to_install(monkeypatch):
+    """Salt's onedir packages do not ship netaddr: say so, instead of a
+    KeyError on ipsec_plan.build_plan later."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "netaddr", None)
+    loaded, reason = loader.load_file("_modules", "ipsec").__virtual__()
+    assert loaded is False and "salt-pip install netaddr" in reason

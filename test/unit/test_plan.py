@@ -133,10 +133,37 @@ def test_skip_list_and_default_ctlplane():
     plan = plan_for("controller-0", pillar)
     assert not any(c["network"] in ("ctlplane", "storage") for c in plan["connections"].values())
     assert "storage" not in plan["vips"]
-    # An explicit empty list tunnels the control plane too (peers need an
-    # address there: the inventory here has none, so only the key matters).
-    plan = plan_for("controller-0", examples.pillar(skip_networks=[]))
-    assert plan["networks"]["ctlplane"]["tunneled"] is True
+
+@pytest.mark.parametrize("skip", [None, [], ["storage"], ["storage_mgmt"]])
+def test_control_plane_is_never_tunneled(skip):
+    """skip_networks adds to the control plane, never replaces it (TripleO
+    guide: every network except the control plane)."""
+    pillar = examples.pillar(skip_networks=skip)
+    pillar["networks"]["storage_mgmt"] = {"cidr": "2001:db8:0:2::/64"}
+    pillar["networks"]["ctlplane"]["vip"] = "198.51.100.129"
+    for node in ("controller-0", "compute-0"):
+        plan = plan_for(node, pillar)
+        assert plan["control_plane"] == "ctlplane"
+        assert plan["networks"]["ctlplane"]["tunneled"] is False
+        assert plan["networks"]["ctlplane"]["control_plane"] is True
+        assert not any(c["network"] == "ctlplane" for c in plan["connections"].values())
+        assert "ctlplane" not in plan["vips"] and "ctlplane" not in plan["firewall"]["networks"]
+
+
+def test_control_plane_key_names_another_network():
+    plan = plan_for("controller-0", examples.pillar(control_plane="storage"))
+    assert plan["networks"]["storage"]["tunneled"] is False
+    assert not any(c["network"] == "storage" for c in plan["connections"].values())
+    # ctlplane is then an ordinary network: skip it explicitly if wanted.
+    assert plan["networks"]["ctlplane"]["skipped"] is False
+
+
+def test_skip_networks_takes_extra_vips_and_names_unknown_ones():
+    plan = plan_for("controller-0", examples.pillar(skip_networks=["redis"]))
+    assert not any("redis" in name for name in plan["connections"])
+    assert any("internal_api-vip" in name for name in plan["connections"])
+    with pytest.raises(SaltInvocationError, match=r"^ipsec:skip_networks: 'nova' is neither a network"):
+        plan_for("controller-0", examples.pillar(skip_networks=["nova"]))
 
 
 def test_ipv6_network():
@@ -264,7 +291,7 @@ INVALID = [
     ("inventory disagrees with grains", lambda p: p["nodes"]["controller-0"]["addresses"].update(internal_api="198.51.100.9"),
      "ipsec:nodes:controller-0:addresses:internal_api: 198.51.100.9 is not an address of this node"),
     ("unknown skip network", lambda p: p.update(skip_networks=["ctlplane", "stroage"]),
-     "ipsec:skip_networks: 'stroage' is not a network"),
+     "ipsec:skip_networks: 'stroage' is neither a network"),
     ("algorithm injection", lambda p: p.update(algorithm="aes\nconn evil"), "ipsec:algorithm:"),
     ("network algorithm injection", lambda p: p["networks"]["storage"].update(algorithm="aes gcm"),
      "ipsec:networks:storage:algorithm:"),
@@ -342,6 +369,21 @@ def test_pillar_example_is_valid_and_every_key_is_known():
     with open(path) as handle:
         conf = yaml.safe_load(handle)["ipsec"]
     plan = ipsec_plan.build_plan(conf, "controller-0", ["198.51.100.10", "203.0.113.10", "2001:db8:0:1::10"],
-                                 cluster_node=True)
+                                 cluster_node=True, mine_data={"compute-0": {"internal_api": "198.51.100.20"}})
     assert plan["warnings"] == []
     assert plan["vips"] and plan["firewall"]["manage"] is True
+
+
+@pytest.mark.parametrize("manage,cluster_node,running,expected", [
+    (None, True, True, True), (None, True, False, False), (None, False, True, False),
+    (False, True, True, False), (True, True, False, True),
+])
+def test_vip_resources_managed_by_default_where_pacemaker_runs(manage, cluster_node, running, expected):
+    """TripleO set up the resource agents whenever pacemaker ran; an explicit
+    ipsec:pacemaker:manage wins."""
+    pillar = examples.pillar()
+    if manage is not None:
+        pillar["pacemaker"] = {"manage": manage}
+    plan = ipsec_plan.build_plan(pillar, "controller-0", examples.own_ips("controller-0"),
+                                 cluster_node=cluster_node, pacemaker_running=running)
+    assert plan["pacemaker"]["manage"] is expected

@@ -8,11 +8,15 @@ import os
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import ipsec_files
 import ipsec_reconcile
+import ipsec_status
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-UTILS = {"ipsec_reconcile." + name: getattr(ipsec_reconcile, name)
-         for name in ("parse_addconn", "parse_loaded", "whack_errors", "secrets_report", "parse_conf", "conf_names")}
+UTILS = {"ipsec_status." + name: getattr(ipsec_status, name)
+         for name in ("parse_addconn", "parse_loaded", "whack_errors", "secrets_report", "parse_version")}
+UTILS.update({"ipsec_reconcile." + name: getattr(ipsec_reconcile, name) for name in ("parse_conf", "conf_names")})
+UTILS["ipsec_files.edit_conf"] = ipsec_files.edit_conf
 
 
 class Fake:

@@ -9,6 +9,7 @@ import pytest
 
 import ipsec_plan
 import ipsec_reconcile as rec
+import ipsec_status
 import ipsec_render
 from labkit import examples
 
@@ -163,18 +164,18 @@ def test_secrets_only_change():
     assert rec.diff(render(BASE), {**render(BASE), SECRETS: None})["secrets_changed"] is False
 
 
-def test_loaded_list_adds_missing_and_deletes_unplanned_with_prefix():
+def test_loaded_list_adds_missing_and_deletes_only_owned_conns():
     files = render(BASE)
-    loaded = ["overcloud-a", "overcloud-c", "overcloud-gone", "operator-own", "overcloudish-x"]
-    result = rec.diff(files, files, loaded=loaded)
+    loaded = ["overcloud-a", "overcloud-c", "overcloud-gone", "overcloud-backup", "operator-own"]
+    result = rec.diff(files, files, loaded=loaded, owned=["overcloud-gone", "overcloud-never-loaded"])
     # b is in the files but pluto lost it (rejected earlier, pluto restarted...)
     assert result["add"] == ["overcloud-b"]
     assert result["start"] == ["overcloud-b"]
-    # only the formula's prefix is ours to delete
+    # only what the formula recorded is ours to delete: the operator's
+    # overcloud-backup has the prefix but is not the formula's
     assert result["delete"] == ["overcloud-gone"]
     assert result["unchanged"] == ["overcloud-a", "overcloud-c"]
-    assert rec.diff(files, files, loaded=loaded, prefix=None)["delete"] == []
-    assert rec.diff(files, files, loaded=loaded, prefix="operator")["delete"] == ["operator-own"]
+    assert rec.diff(files, files, loaded=loaded)["delete"] == []
 
 
 def test_changed_but_not_loaded_is_add_and_removed_not_loaded_needs_no_delete():
@@ -220,10 +221,6 @@ def test_deterministic_output():
     assert first["add"] == ["overcloud-b", "overcloud-c", "overcloud-y", "overcloud-z"]
 
 
-def test_default_prefix_matches_the_plan():
-    assert rec.DEFAULT_PREFIX == ipsec_plan.DEFAULT_PREFIX
-
-
 # --- Libreswan output parsers ------------------------------------------------
 
 ADDCONN_OUT = (
@@ -236,7 +233,7 @@ ADDCONN_OUT = (
 
 
 def test_parse_addconn_names_each_verdict():
-    verdict = rec.parse_addconn(
+    verdict = ipsec_status.parse_addconn(
         ADDCONN_OUT,
         "conn 'nope': not found (tried aliases)\n"
         'conn: "c3" warning IKEv2 liveness uses retransmit-timeout=, dpdtimeout= ignored\n',
@@ -253,9 +250,9 @@ def test_parse_addconn_names_each_verdict():
 
 
 def test_parse_addconn_5x_style_and_whole_config_error():
-    verdict = rec.parse_addconn('"x": added IKEv2 connection\n"y": failed to add connection: bad\n', "", ["x", "y"])
+    verdict = ipsec_status.parse_addconn('"x": added IKEv2 connection\n"y": failed to add connection: bad\n', "", ["x", "y"])
     assert verdict["added"] == ["x"] and list(verdict["rejected"]) == ["y"]
-    broken = rec.parse_addconn("", "cannot load config '/etc/ipsec.conf': /etc/ipsec.d/a.conf:2: syntax error [bogus]\n",
+    broken = ipsec_status.parse_addconn("", "cannot load config '/etc/ipsec.conf': /etc/ipsec.d/a.conf:2: syntax error [bogus]\n",
                                ["x"])
     assert broken["error"].startswith("cannot load config")
     assert broken["unknown"] == ["x"]
@@ -272,20 +269,20 @@ def test_parse_loaded_and_total():
         "000 Total IPsec connections: loaded 3, active 1\n"
         '000 #1: "overcloud-a":500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); newest;\n'
     )
-    assert rec.parse_loaded(status) == ["five-style", "overcloud-a", "overcloud-vip"]
-    assert rec.total_loaded(status) == 3
-    assert rec.parse_loaded("") == [] and rec.total_loaded("") is None
+    assert ipsec_status.parse_loaded(status) == ["five-style", "overcloud-a", "overcloud-vip"]
+    assert ipsec_status.total_loaded(status) == 3
+    assert ipsec_status.parse_loaded("") == [] and ipsec_status.total_loaded("") is None
 
 
 def test_whack_errors():
     out = "000 initiating all conns with alias='a9'\n021 no connection named \"a9\"\n181 \"a2\" #1: initiating IKEv2 connection\n"
-    assert rec.whack_errors(out) == ['no connection named "a9"']
-    assert rec.whack_errors('002 "a2": terminating SAs using this connection\n') == []
+    assert ipsec_status.whack_errors(out) == ['no connection named "a9"']
+    assert ipsec_status.whack_errors('002 "a2": terminating SAs using this connection\n') == []
     # A peer that does not answer (yet) is not an error of the conn.
     slow = ('010 "a2" #36: STATE_V2_ESTABLISHED_IKE_SA: retransmission; will wait 0.5 seconds for response\n'
             '031 "a2" #36: STATE_V2_ESTABLISHED_IKE_SA: 2 second timeout exceeded after 2 retransmits.\n')
-    assert len(rec.whack_errors(slow)) == 2
-    assert rec.whack_errors(slow + out, unanswered_ok=True) == ['no connection named "a9"']
+    assert len(ipsec_status.whack_errors(slow)) == 2
+    assert ipsec_status.whack_errors(slow + out, unanswered_ok=True) == ['no connection named "a9"']
 
 
 def test_secrets_report_never_repeats_the_secret():
@@ -300,7 +297,7 @@ def test_secrets_report_never_repeats_the_secret():
         '003 "/etc/ipsec.d/a.secrets" line 2: PSK data malformed (input does not begin with format prefix): '
         "sekrit2\n"
     )
-    files, problems = rec.secrets_report(out)
+    files, problems = ipsec_status.secrets_report(out)
     assert files == ["/etc/ipsec.secrets", "/etc/ipsec.d/a.secrets"]
     assert problems == [
         "unterminated string",
@@ -308,7 +305,7 @@ def test_secrets_report_never_repeats_the_secret():
         "/etc/ipsec.d/a.secrets line 2: PSK data malformed (input does not begin with format prefix)",
     ]
     assert "sekrit" not in repr(problems)
-    assert rec.secrets_report('002 forgetting secrets\n002 loading secrets from "/x"\n') == (["/x"], [])
+    assert ipsec_status.secrets_report('002 forgetting secrets\n002 loading secrets from "/x"\n') == (["/x"], [])
 
 
 @pytest.mark.parametrize("changes,text", [

@@ -12,11 +12,10 @@ import os
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-import ipsec_keys
 import ipsec_plan
 import ipsec_status
 import ipsec_verify
-from labkit import examples
+from labkit import examples, loader
 from labkit.statustext import Conn, render
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,17 +25,12 @@ UTILS = {
     "ipsec_plan.algorithm_sources": ipsec_plan.algorithm_sources,
     "ipsec_status.parse_status": ipsec_status.parse_status,
     "ipsec_verify.verify": ipsec_verify.verify,
-    "ipsec_keys.parse_keys": ipsec_keys.parse_keys,
-    "ipsec_keys.adapt_plan": ipsec_keys.adapt_plan,
 }
 NODES = {name: examples.THREE_NODES[name] for name in ("controller-0", "compute-0")}
 
 
 def load(kind, name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, kind, "ipsec.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return loader.load_file(kind, "ipsec")
 
 
 class FakeWhack:
@@ -49,7 +43,7 @@ class FakeWhack:
     def __call__(self, cmd, python_shell=True, **kwargs):
         assert python_shell is False and isinstance(cmd, list)
         self.calls.append(cmd)
-        answer = self.answers[cmd[-1]]
+        answer = self.answers.get(cmd[-1], {"retcode": 1, "stderr": "not faked"})
         return dict({"retcode": 0, "stdout": "", "stderr": ""}, **answer)
 
 
@@ -64,8 +58,10 @@ def module(tmp_path):
                       "ipv6": ["2001:db8:0:1::20"]}
     mod.__opts__ = {"id": "compute-0"}
     mod.__context__ = {}
-    mod.__utils__ = UTILS
+    mod.__utils__ = loader.utils_functions()
     mod.__salt__ = {}
+    mod.__salt__["ipsec.lookup"] = mod.lookup
+    loader.with_pluto(mod.__salt__, mod.__utils__, mod.__context__)
     mod.socket = str(socket)
     return mod
 
@@ -105,7 +101,7 @@ def test_status_runs_whack_on_the_lookup_socket(module):
      "pluto is not running (no answer on control socket {socket}): whack: Pluto is not running"),
     ({"retcode": 33, "stderr": 'whack: is Pluto running?  connect() for "/x" failed (111 Connection refused)'},
      "pluto is not running (no answer on control socket {socket}): whack: is Pluto running?"),
-    ({"retcode": 1, "stdout": "something odd"}, "ipsec whack --status failed (exit 1): something odd"),
+    ({"retcode": 1, "stderr": "something odd"}, "ipsec whack --status failed: something odd"),
     ({"retcode": 0, "stdout": "garbage\n"}, "ipsec whack --status gave unexpected output: ipsec status: no Libreswan"),
     ({"retcode": 0, "stdout": ""}, "ipsec whack --status gave unexpected output: ipsec status: the status text is empty"),
 ])
