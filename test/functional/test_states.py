@@ -261,6 +261,9 @@ def test_psk_never_in_outputs_logs_or_other_files(audited, tmp_path, namespace_f
         run(["ipsec_keys.check", "version=2", "applied=True"])
     finally:
         pluto.stop()
+    # A rotation's gate refuses a node not at the wanted version.
+    run(["ipsec_keys.check", "version=3"], 1)
+    assert "ipsec:keys:version is 2 on this node, not 3" in outputs[-1]
     # A failing run (after the PSK is in place) must not leak it either.
     node.set_pillar(keyed_pillar(node.layout, node.mode, 2, algorithm="vanity-null"))
     run(["state.apply", "ipsec"], 1)
