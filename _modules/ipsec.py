@@ -215,11 +215,14 @@ def build(check_algorithms=True):
     and the plan is kept there for the same pillar, id, addresses and OS
     family (one ``mine.get`` per run). The wait state's polls reuse it."""
     conf = _conf()
+    keys = __utils__["ipsec_keys.parse_keys"](conf)
     key = _fingerprint(conf)
     cached = __context__.get("ipsec.plan")
     if cached is None or cached[0] != key:
         found = version()
         major = found["major"] or FALLBACK_MAJOR
+        # Overrides this release would ignore are refused, not rendered.
+        __utils__["ipsec_releases.check_release"](conf, major)
         built = __utils__["ipsec_plan.build_plan"](
             conf,
             node_id=__opts__["id"],
@@ -229,7 +232,9 @@ def build(check_algorithms=True):
             pacemaker_running=_pacemaker_needed(conf) and pacemaker_running(),
             mine_data=_mine_data(conf),
             os_family=__grains__.get("os_family"),
+            require_psk=keys["mode"] == "shared",
         )
+        __utils__["ipsec_keys.adapt_plan"](built, conf)
         # The beacon and metrics settings pass the same gate, at the same time.
         built["events"] = __utils__["ipsec_events.pillar_settings"](
             conf, __utils__["ipsec_events.accepted_levels"](__utils__["ipsec_verify.verify"]))

@@ -148,7 +148,7 @@ def _desired(plan):
     """{path: (kind, text, mode)} of the plan's tunnel files. The PSK is
     read here, straight from pillar into the secrets renderer (it never
     enters the plan or rendered SLS)."""
-    psk = __pillar__["ipsec"]["psk"]
+    psk = __utils__["ipsec_keys.secret_source"](__pillar__["ipsec"])
     texts = __utils__["ipsec_render.render_files"](plan, psk)
     return {path: (meta["kind"], texts[path], meta["mode"]) for path, meta in plan["files"].items()}
 

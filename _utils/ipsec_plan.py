@@ -103,7 +103,7 @@ KNOWN_KEYS = {
         "psk", "prefix", "algorithm", "ike_algorithm", "networks",
         "extra_vips", "skip_networks", "conn_options", "nodes", "mine",
         "cluster", "pacemaker", "firewall", "config_setup",
-        "libreswan_version", "lookup", "clean", "control_plane", "adopt_tripleo",
+        "libreswan_version", "lookup", "clean", "control_plane", "adopt_tripleo", "keys",
         # validated by _utils/ipsec_events.py (ipsec.build puts them in plan["events"])
         "beacon", "metrics",
     },
@@ -920,7 +920,8 @@ def algorithm_sources(conf):
 
 
 def build_plan(conf, node_id, own_ips, major=4, config_dir=None,
-               cluster_node=False, mine_data=None, os_family=None, pacemaker_running=False):
+               cluster_node=False, mine_data=None, os_family=None, pacemaker_running=False,
+               require_psk=True):
     """Compute the plan of one node: the gate every input passes.
 
     conf:        the ``ipsec`` pillar subtree (dict)
@@ -935,6 +936,7 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir=None,
     pacemaker_running: whether pacemaker runs here (its CIB answers): with
                  ``pacemaker:manage`` unset, the VIP tunnel resources are
                  managed on cluster nodes where it runs (TripleO's default)
+    require_psk: False in derived key mode (``ipsec:keys``, _utils/ipsec_keys.py)
 
     Every value any state, module or template of the formula uses comes out
     of here validated (``plan["lookup"]``, ``["firewall"]``,
@@ -943,7 +945,7 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir=None,
     """
     conf = _mapping(conf, "")
     warnings = unknown_keys("", conf, "")
-    problem = psk_problem(conf.get("psk"))
+    problem = psk_problem(conf.get("psk")) if require_psk else None
     if problem:
         fail("psk", problem)
     settings = parse_settings(conf, os_family, warnings)

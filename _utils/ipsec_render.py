@@ -48,9 +48,11 @@ def render_conf(plan, path):
 
 
 def render_secrets(plan, path, psk):
-    token = psk_token(psk)
+    """``psk``: the shared PSK, or a function entry -> that entry's key
+    (per-tunnel keys, _utils/ipsec_keys.py secret_source)."""
     lines = [
-        "{} : PSK {}".format(" ".join(format_id(i) for i in entry["ids"]), token)
+        "{} : PSK {}".format(" ".join(format_id(i) for i in entry["ids"]),
+                             psk_token(psk(entry) if callable(psk) else psk))
         for entry in plan["secrets"]
         if entry["file"] == path
     ]

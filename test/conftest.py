@@ -123,12 +123,12 @@ def salt_node(salt_factories, tmp_path):
     """Make a salt-call --local minion with its own pillar dir and grains."""
     made = []
 
-    def make(node_id, addresses, pillar):
+    def make(node_id, addresses, pillar, overrides=None):
         pillar_dir = tmp_path / "pillar-{}".format(node_id)
         saltenv.write_pillar(pillar_dir, pillar)
-        factory = salt_factories.salt_minion_daemon(
-            node_id, overrides=saltenv.minion_overrides(pillar_dir, saltenv.node_grains(addresses))
-        )
+        settings = saltenv.minion_overrides(pillar_dir, saltenv.node_grains(addresses))
+        settings.update(overrides or {})
+        factory = salt_factories.salt_minion_daemon(node_id, overrides=settings)
         factory.pillar_dir = pillar_dir
         made.append(factory)
         return factory

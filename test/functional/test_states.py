@@ -8,7 +8,9 @@ import stat
 
 import pytest
 
-from labkit import examples, saltenv
+import ipsec_keys
+import ipsec_plan
+from labkit import examples, labkeys, saltenv
 from labkit.pluto import Pluto
 
 NODE = "controller-0"
@@ -181,50 +183,108 @@ def test_stale_formula_files_removed_unrelated_files_kept(node):
     assert len(removed) == 4 and all(c == {"removed": "not in the plan any more"} for c in removed.values())
 
 
-def test_psk_never_in_outputs_logs_or_other_files(node, tmp_path, namespace_factory):
+ROTATED_PSK = "rotated-psk-8d2e4b6a1c9f7e3d5b0a2c4e6f8a1b3d"
+
+
+def keyed_pillar(layout, mode, version, **extra):
+    """The example pillar in a key mode at a key version (shared mode: the
+    version-2 PSK is ROTATED_PSK)."""
+    pillar = examples.pillar(lookup=layout.lookup(), keys={"mode": mode, "version": version}, **extra)
+    if mode == "derived":
+        del pillar["psk"]
+    elif version > 1:
+        pillar["psk"] = ROTATED_PSK
+    return pillar
+
+
+@pytest.fixture(params=["shared", "derived"])
+def audited(request, salt_node, tmp_path):
+    """(node, secrets(version)): a node in each key mode and every secret of
+    a key version that must never leave a .secrets file. Derived mode runs
+    the master's ext_pillar in the masterless minion, on a root-only secret."""
+    mode = request.param
+    layout = Pluto(tmp_path / "root")
+    overrides = None
+    secret = b"audit-master-secret-" + os.urandom(24).hex().encode()
+    if mode == "derived":
+        secret_file = tmp_path / "ipsec-keys.secret"
+        secret_file.write_bytes(secret + b"\n")
+        secret_file.chmod(0o600)
+        overrides = {"ext_pillar": [{"ipsec_keys": {"secret_file": str(secret_file)}}],
+                     "pillar_dirs": [os.path.join(saltenv.REPO, "_pillar")]}
+    node = Node(salt_node(NODE, examples.own_ips(NODE), keyed_pillar(layout, mode, 1), overrides), layout)
+    node.mode = mode
+
+    def secrets(version):
+        if mode == "shared":
+            return {examples.PSK if version == 1 else ROTATED_PSK}
+        pillar = keyed_pillar(layout, mode, version)
+        plan = ipsec_plan.build_plan(pillar, NODE, examples.own_ips(NODE), cluster_node=True, require_psk=False)
+        return {secret.decode()} | labkeys.keys_in(ipsec_keys.issue(plan, secret, version))
+
+    return node, secrets
+
+
+def test_psk_never_in_outputs_logs_or_other_files(audited, tmp_path, namespace_factory):
+    node, secrets = audited
     log_file = tmp_path / "minion-debug.log"
     debug = ["--log-level=debug", "--log-file={}".format(log_file), "--log-file-level=all"]
     outputs = []
+
+    def run(args, expected_rc=0):
+        result = node.call(*(debug + args))
+        assert result.returncode == expected_rc, result.stdout + result.stderr
+        outputs.append(result.stdout + result.stderr)
+
     for args in (
         ["state.apply", "ipsec"],
         ["state.apply", "ipsec", "test=True"],
         ["ipsec.plan"],
         ["ipsec.addresses"],
         ["state.show_sls", "ipsec"],
+        ["ipsec_keys.check", "version=1", "applied=True"],
     ):
-        result = node.call(*(debug + args))
-        assert result.returncode == 0, result.stdout
-        outputs.append(result.stdout + result.stderr)
+        run(args)
     # verify and status with pluto running on what the formula wrote (a
-    # running pluto has the PSK in memory: its answers must not carry it).
+    # running pluto has the PSK in memory: its answers must not carry it),
+    # then a rotation to version 2: new secrets written and re-read.
     ns = namespace_factory("psk")
     ns.add_stub(["198.51.100.10/25", "198.51.100.130/25", "203.0.113.10/24", "2001:db8:0:1::10/64"])
     pluto = Pluto(node.layout.root, ns.name).start()
     try:
-        for args, expected_rc in ((["ipsec.verify", "level=ike"], 1), (["ipsec.status", "traffic=True"], 0)):
-            result = node.call(*(debug + args))
-            assert result.returncode == expected_rc, result.stdout
-            outputs.append(result.stdout + result.stderr)
+        run(["ipsec.verify", "level=ike"], 1)
+        run(["ipsec.status", "traffic=True"])
+        node.set_pillar(keyed_pillar(node.layout, node.mode, 2))
+        run(["ipsec_keys.check", "version=2"])
+        run(["state.apply", "ipsec"])
+        assert "re-read" in outputs[-1]
+        run(["ipsec_keys.check", "version=2", "applied=True"])
     finally:
         pluto.stop()
+    # A rotation's gate refuses a node not at the wanted version.
+    run(["ipsec_keys.check", "version=3"], 1)
+    assert "ipsec:keys:version is 2 on this node, not 3" in outputs[-1]
     # A failing run (after the PSK is in place) must not leak it either.
-    pillar = examples.pillar(lookup=node.layout.lookup(), algorithm="vanity-null")
-    node.set_pillar(pillar)
-    failing = node.call(*(debug + ["state.apply", "ipsec"]))
-    assert failing.returncode != 0
-    outputs.append(failing.stdout + failing.stderr)
+    node.set_pillar(keyed_pillar(node.layout, node.mode, 2, algorithm="vanity-null"))
+    run(["state.apply", "ipsec"], 1)
 
     log_text = log_file.read_text(errors="replace")
     assert "Rendered data from file" in log_text, "debug logging did not reach the log file"
+    never = secrets(1) | secrets(2)
+    # controller-0: 5 node-to-node keys, 3 as VIP client, 5 of other VIP clients.
+    assert len(never) == (2 if node.mode == "shared" else 1 + 2 * 13)
     for text in outputs + [log_text]:
-        assert examples.PSK not in text
-    holders = [
-        path for path, (mode, content, _) in snapshot(node.layout.root).items()
-        if examples.PSK.encode() in content
-    ]
+        for secret in never:
+            assert secret not in text
+    files = snapshot(node.layout.root)
+    holders = {path for path, (mode, content, _) in files.items() if any(s.encode() in content for s in never)}
     assert holders and all(path.endswith(".secrets") for path in holders)
     for path in holders:
         assert stat.S_IMODE(os.stat(os.path.join(node.layout.root, path)).st_mode) == 0o600
+    # The files hold exactly the version-2 secrets (the master secret never).
+    held = {s for s in never if any(s.encode() in files[p][1] for p in holders)}
+    expected = secrets(2) - ({s for s in secrets(2) if s.startswith("audit-master-secret-")})
+    assert held == expected
 
 
 def test_default_lookup_renders_package_nss_and_service(salt_node):

@@ -59,8 +59,10 @@ class Lab:
         self.workdir = workdir or tempfile.mkdtemp(prefix="ipsec-lab-")
         self.vip_holder = vip_holder
         self.network_options = {}
-        # Extra salt-master settings (a reactor, for one).
+        # Extra salt-master settings (a reactor; labkit.labkeys: ext_pillar)
+        # and top-level ``ipsec`` pillar keys of the example (None: key removed).
         self.master_options = {}
+        self.ipsec_overrides = {}
         self.mesh = None
         self.nodes = {}
         self.switch = None
@@ -149,6 +151,11 @@ class Lab:
         }
         for network, options in self.network_options.items():
             common["ipsec"]["networks"][network].update(options)
+        for key, value in self.ipsec_overrides.items():
+            if value is None:
+                common["ipsec"].pop(key, None)
+            else:
+                common["ipsec"][key] = value
         # The lab's nodes are namespaces: their firewall is theirs to change.
         common["ipsec"]["firewall"] = {"manage": True}
         self.write_pillar(common, lambda node: {"ipsec": {"lookup": node.pluto.lookup()}})
