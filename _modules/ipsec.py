@@ -54,8 +54,9 @@ def settings():
     """
     The settings of this node that are not topology, validated by the same
     gate as the plan: ``prefix``, ``lookup``, ``firewall``, ``pacemaker``,
-    ``clean``, ``mine``. Works with an otherwise broken pillar
-    (``ipsec.clean`` uses it).
+    ``clean``, ``mine``, ``keys`` (mode and version, never a key) and
+    ``events`` (beacon and metrics). Works with an otherwise broken
+    topology (``ipsec.clean`` uses it).
 
     CLI Example:
 
@@ -63,7 +64,18 @@ def settings():
 
         salt '*' ipsec.settings
     """
-    return __utils__["ipsec_plan.parse_settings"](_conf(required=False), __grains__.get("os_family"))
+    conf = _conf(required=False)
+    found = __utils__["ipsec_plan.parse_settings"](conf, __grains__.get("os_family"))
+    found["keys"] = __utils__["ipsec_keys.parse_keys"](conf)
+    found["events"] = _events(conf)
+    return found
+
+
+def _events(conf):
+    """``ipsec:beacon`` / ``ipsec:metrics`` through their gate, with the
+    verify levels this node's ipsec_verify accepts."""
+    return __utils__["ipsec_events.pillar_settings"](
+        conf, __utils__["ipsec_events.accepted_levels"](__utils__["ipsec_verify.verify"]))
 
 
 def lookup():
@@ -236,8 +248,7 @@ def build(check_algorithms=True):
         )
         __utils__["ipsec_keys.adapt_plan"](built, conf)
         # The beacon and metrics settings pass the same gate, at the same time.
-        built["events"] = __utils__["ipsec_events.pillar_settings"](
-            conf, __utils__["ipsec_events.accepted_levels"](__utils__["ipsec_verify.verify"]))
+        built["events"] = _events(conf)
         log.debug("ipsec: plan built for %s: %d conns", __opts__["id"], len(built["connections"]))
         if found["major"] is None:
             built["warnings"].append("Libreswan not installed: planned for {}.x keywords".format(FALLBACK_MAJOR))

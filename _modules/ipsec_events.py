@@ -49,8 +49,7 @@ def settings():
 
         salt '*' ipsec_events.settings
     """
-    conf = __pillar__.get("ipsec") or {}
-    found = __utils__["ipsec_events.pillar_settings"](conf, _levels())
+    found = __salt__["ipsec.settings"]()["events"]
     found["beacon_config"] = __utils__["ipsec_events.beacon_config"](found)
     return found
 

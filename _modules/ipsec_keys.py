@@ -48,8 +48,7 @@ def check(version=None, applied=False):
         salt '*' ipsec_keys.check
         salt '*' ipsec_keys.check version=2 applied=True
     """
-    conf = __pillar__.get("ipsec") or {}
-    settings = __utils__["ipsec_keys.parse_keys"](conf)
+    settings = __salt__["ipsec.settings"]()["keys"]
     if version is not None:
         try:
             wanted = int(version)
@@ -59,7 +58,10 @@ def check(version=None, applied=False):
             raise CommandExecutionError("ipsec:keys:version is {} on this node, not {}: update the pillar "
                                         "(and saltutil.refresh_pillar) first".format(settings["version"], wanted))
     plan = __salt__["ipsec.build"](check_algorithms=False)
-    texts = __utils__["ipsec_render.render_files"](plan, __utils__["ipsec_keys.secret_source"](conf))
+    # The keys go from pillar straight to the secrets renderer, as in
+    # ipsec_tunnels (compared here, never returned).
+    keys = __utils__["ipsec_keys.secret_source"](__pillar__["ipsec"])
+    texts = __utils__["ipsec_render.render_files"](plan, keys)
     differ = sorted(path for path, text in texts.items() if _on_disk(path) != text)
     conf_differ = [path for path in differ if not path.endswith(".secrets")]
     result = {
