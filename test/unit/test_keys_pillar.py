@@ -84,9 +84,25 @@ def test_cluster_detection_cannot_run_on_the_master(ext, tmp_path):
         out["ipsec"]["keys"]["issued"]["error"]
 
 
-def test_secret_from_gpg_decrypted_on_the_master(ext, tmp_path):
-    home = tmp_path / "gpgkeys"
-    home.mkdir(mode=0o700)
+@pytest.fixture
+def keyrings(tmp_path):
+    """Fresh gpg homes; the gpg-agent each one starts is stopped after."""
+    homes = []
+
+    def make(name):
+        home = tmp_path / name
+        home.mkdir(mode=0o700)
+        homes.append(home)
+        return home
+
+    yield make
+    for home in homes:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, timeout=30,
+                       check=False)
+
+
+def test_secret_from_gpg_decrypted_on_the_master(ext, keyrings):
+    home = keyrings("gpgkeys")
     gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
     subprocess.run(gpg + ["--quick-gen-key", "ipsec-formula test <keys@example.invalid>", "default", "default",
                           "never"], check=True, capture_output=True, timeout=120)
@@ -98,7 +114,6 @@ def test_secret_from_gpg_decrypted_on_the_master(ext, tmp_path):
                                  require_psk=False)
     assert out["ipsec"]["keys"]["issued"] == ipsec_keys.issue(plan, SECRET, 7)
     # Another keyring cannot decrypt it: an error, no keys.
-    other = tmp_path / "other"
-    other.mkdir(mode=0o700)
+    other = keyrings("other")
     out = ext.ext_pillar("compute-0", derived_pillar(), secret_gpg=armored, gpg_keydir=str(other))
     assert "gpg could not decrypt it" in out["ipsec"]["keys"]["issued"]["error"]
