@@ -137,6 +137,22 @@ def test_delete_and_initiate_one_whack_per_conn(make):
         mod.initiate(["a", "nope"])
 
 
+def test_initiate_lets_go_of_a_whack_still_attached(make):
+    # What Salt's cmd.run_all returns when its timeout kills the command
+    # (salt/modules/cmdmod.py: stdout "Timed out after N seconds", retcode 1).
+    def answer(cmd):
+        if "slow" in cmd:
+            return {"retcode": 1, "stdout": "Timed out after {} seconds".format(mod.INITIATE_TIMEOUT)}
+        return {}
+
+    mod, fake, _ = make(answer)
+    assert mod.initiate(["slow", "a"]) == {"initiated": ["slow", "a"]}
+    assert [kwargs["timeout"] for _, kwargs in fake.calls] == [mod.INITIATE_TIMEOUT] * 2
+    # Anything else that times out still fails, naming the conn.
+    with pytest.raises(CommandExecutionError, match="delete failed for 1 conns: slow: Timed out after"):
+        mod.delete(["slow"])
+
+
 def test_rereadsecrets_is_quiet_and_never_repeats_a_secret(make):
     out = ('002 loading secrets from "/etc/ipsec.secrets"\n'
            '003 "/etc/ipsec.d/x.secrets" line 3: PSK data malformed (input does not begin with format prefix): '
