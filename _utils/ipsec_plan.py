@@ -601,11 +601,26 @@ def _conn_keywords(net, major, ends, tail):
 
 
 def _node_to_node(net, own, peer_address, prefix, major):
-    # Both ends sort the pair the same way, so both derive the same name.
+    """(name, keywords, initiator address) of the tunnel to one peer.
+
+    One negotiation per tunnel: the end with the lower address initiates
+    (auto=start), the other answers (auto=add); both ends sort the pair the
+    same way, so they agree without talking. When both ends initiated
+    (TripleO), the two negotiations crossed after a simultaneous start and
+    Libreswan could leave each end sending on a Child SA its peer had
+    already replaced: up on paper, every packet dropped. Liveness (IKEv2
+    DPD) makes the initiator revive the tunnel when the answering end
+    restarts, and the answering end drop its SAs when the initiator is gone
+    (4.x: dpdaction restart / clear; 5.x: what follows is auto=).
+    An ``auto`` override in pillar applies to both ends alike: then no end
+    is the initiator (None)."""
     low, high = sorted((own, peer_address), key=_address_order)
     name = "{}-{}-{}-{}".format(prefix, net.name, low, high)
-    tail = {"retransmit-timeout": "2s", "auto": "start"}
-    return name, _conn_keywords(net, major, (own, own, peer_address, peer_address), tail)
+    initiates = own == low
+    tail = dict(_liveness_keywords(major, "restart" if initiates else "clear"),
+                auto="start" if initiates else "add")
+    keywords = _conn_keywords(net, major, (own, own, peer_address, peer_address), tail)
+    return name, keywords, None if "auto" in net.options else low
 
 
 def _vip_ids(prefix, vip_name):
@@ -1020,13 +1035,13 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir=None,
             "connections": [],
         })
 
-    def add_conn(name, path, net, role, peer, keywords, key):
+    def add_conn(name, path, net, role, peer, keywords, key, extra=None):
         if name in plan["connections"]:
             fail(key, "gives a conn named {}, which the plan already has for {} {}".format(
                 name, plan["connections"][name]["role"], plan["connections"][name]["network"]))
-        plan["connections"][name] = {
+        plan["connections"][name] = dict({
             "file": path, "network": net.name, "role": role, "peer": peer, "keywords": keywords,
-        }
+        }, **(extra or {}))
         add_file(path, "conf")["connections"].append(name)
 
     def add_secret(path, ids):
@@ -1052,8 +1067,11 @@ def build_plan(conf, node_id, own_ips, major=4, config_dir=None,
         conf_path = _file_path(config_dir, prefix, name + "-node-to-node-tunnels", "conf")
         secrets_path = _file_path(config_dir, prefix, name + "-node-to-node-tunnels", "secrets")
         for peer_id, peer_address in sorted(net_peers.items(), key=lambda item: _address_order(item[1])):
-            conn, keywords = _node_to_node(net, address, peer_address, prefix, major)
-            add_conn(conn, conf_path, net, "node-to-node", peer_id, keywords, "networks:" + name)
+            conn, keywords, initiator = _node_to_node(net, address, peer_address, prefix, major)
+            # initiator: the address of the end that starts the tunnel (verify
+            # expects the answering end up too), None when pillar sets auto.
+            add_conn(conn, conf_path, net, "node-to-node", peer_id, keywords, "networks:" + name,
+                     {"initiator": initiator})
             add_secret(secrets_path, [address, peer_address])
 
     for vip_name, (net_name, vip_address) in sorted(vips.items()):

@@ -146,7 +146,10 @@ def _peer_conn(entry, planned, conn, ike_index, level, listening):
     if auto == "ignore":
         entry["reason"] = "auto=ignore: pluto does not load it"
         return
-    entry["expect"] = "up" if auto in STARTED else "loaded"
+    # The answering end of a node-to-node tunnel (auto=add) must be up as
+    # much as the initiating end: its peer starts it.
+    answers = planned.get("initiator") not in (None, (planned.get("keywords") or {}).get("left"))
+    entry["expect"] = "up" if auto in STARTED or answers else "loaded"
     if conn is None:
         entry["ok"] = False
         entry["reason"] = "not loaded in pluto (auto={}): apply the formula, then see the pluto log".format(auto)

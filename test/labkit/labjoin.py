@@ -80,7 +80,8 @@ def analyse(job_dir, old_nodes):
     ``lost``: {conn: (before, joined)} where an SA the conn had is gone
     (renegotiated or deleted); ``added``: the same where SAs were added
     while every old one stayed; ``crossed``: conns that had more than one
-    IKE or Child SA before (both ends initiated and pluto kept both)."""
+    IKE or Child SA before (crossed negotiations: none since one end
+    of each tunnel initiates)."""
     report = {}
     for node_id in old_nodes:
         serials = {when: sa_serials(*labvm.read_snapshot(job_dir, node_id, when))
@@ -169,9 +170,7 @@ def vm_main(job_dir):
             node.pluto.start(timeout=120)
         facts["before_verdicts"] = labvm.summary(labvm.wait_child_up(mesh, plans["before"]))
         mark("up")
-        # Every tunnel carries traffic before the join (a tunnel the first,
-        # crossed negotiations left dropping packets is brought up again
-        # here, before the evidence starts).
+        # Every tunnel carries traffic before the join.
         labvm._traffic(mesh, plans["before"], params["vip_holder"], job_dir,
                        facts.setdefault("traffic_before", {}), name="udp-before")
         mark("traffic_before")

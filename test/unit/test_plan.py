@@ -5,6 +5,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from salt.exceptions import SaltInvocationError
 
 import ipsec_plan
@@ -387,3 +389,58 @@ def test_vip_resources_managed_by_default_where_pacemaker_runs(manage, cluster_n
     plan = ipsec_plan.build_plan(pillar, "controller-0", examples.own_ips("controller-0"),
                                  cluster_node=cluster_node, pacemaker_running=running)
     assert plan["pacemaker"]["manage"] is expected
+
+
+# ------------------------------------------------------ one initiator per tunnel
+
+def n2n(plan):
+    return {n: c for n, c in plan["connections"].items() if c["role"] == "node-to-node"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(hosts=st.sets(st.integers(1, 99), min_size=2, max_size=9),
+       v6=st.sets(st.integers(1, 2 ** 32), min_size=9, max_size=9), major=st.sampled_from([3, 4, 5]))
+def test_every_tunnel_has_exactly_one_initiator_both_ends_agree(hosts, v6, major):
+    v6 = sorted(v6)
+    nodes = {"node-{}".format(host): {"internal_api": "198.51.100.{}".format(host),
+                                      "tenant": "2001:db8:0:1::{:x}:{:x}".format(v6[i] >> 16, v6[i] & 0xffff)}
+             for i, host in enumerate(sorted(hosts))}
+    ends = {}
+    for node in nodes:
+        plan = plan_for(node, nodes=nodes, major=major)
+        for name, conn in n2n(plan).items():
+            ends.setdefault(name, []).append((conn["keywords"]["auto"], conn["initiator"],
+                                              conn["keywords"]["left"]))
+    assert len(ends) == 2 * len(nodes) * (len(nodes) - 1) // 2
+    for name, pair in ends.items():
+        assert len(pair) == 2, (name, pair)
+        assert sorted(auto for auto, _, _ in pair) == ["add", "start"], (name, pair)
+        (auto_a, init_a, left_a), (_, init_b, _) = pair
+        assert init_a == init_b, (name, pair)
+        # The initiator is the end whose auto is start: the lower address.
+        starter = left_a if auto_a == "start" else pair[1][2]
+        assert starter == init_a == min((p[2] for p in pair), key=ipsec_plan._address_order)
+
+
+def test_an_auto_override_applies_to_both_ends_and_names_no_initiator():
+    pillar = examples.pillar(networks=dict(examples.NETWORKS, storage=dict(examples.NETWORKS["storage"],
+                                                                               conn_options={"auto": "start"})))
+    for node in ("controller-0", "controller-1"):
+        for name, conn in n2n(plan_for(node, pillar=pillar)).items():
+            if conn["network"] == "storage":
+                assert conn["keywords"]["auto"] == "start" and conn["initiator"] is None
+            else:
+                assert conn["initiator"] == min(conn["keywords"]["left"], conn["keywords"]["right"],
+                                                key=ipsec_plan._address_order)
+
+
+@pytest.mark.parametrize("major, initiator, responder", [
+    (4, {"dpdaction": "restart", "dpddelay": "5", "retransmit-timeout": "15s"},
+     {"dpdaction": "clear", "dpddelay": "5", "retransmit-timeout": "15s"}),
+    (5, {"dpddelay": "5", "retransmit-timeout": "15s"}, {"dpddelay": "5", "retransmit-timeout": "15s"}),
+])
+def test_node_to_node_liveness_per_release(major, initiator, responder):
+    for node, want in (("controller-0", initiator), ("compute-0", responder)):
+        conn = n2n(plan_for(node, major=major))["overcloud-internal_api-198.51.100.10-198.51.100.20"]
+        got = {k: v for k, v in conn["keywords"].items() if k.startswith(("dpd", "retransmit"))}
+        assert got == want, (node, got)

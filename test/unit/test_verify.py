@@ -172,9 +172,13 @@ def test_why_an_ike_sa_is_missing(ike, expected):
 
 
 def test_auto_add_needs_loaded_only_and_auto_ignore_nothing():
+    # As pillar's conn_options {auto: ...} plans them: on both ends, so
+    # neither end is the initiator.
     plan = plan_for("compute-0")
     plan["connections"][N2N_API]["keywords"]["auto"] = "add"
     plan["connections"][N2N_TENANT]["keywords"]["auto"] = "ignore"
+    for name in (N2N_API, N2N_TENANT):
+        plan["connections"][name]["initiator"] = None
     status = status_for(plan, sas={N2N_API: (None, None)}, drop={N2N_TENANT})
     result = verdict(plan, status)
     assert result["result"] is True
@@ -183,6 +187,17 @@ def test_auto_add_needs_loaded_only_and_auto_ignore_nothing():
     assert result["comment"] == "all 2 tunnels that should be up are up (level: child), 1 more loaded as planned"
     gone = verdict(plan, status_for(plan, drop={N2N_API, N2N_TENANT}))
     assert list(gone["failed"]) == [N2N_API]
+
+
+def test_the_answering_end_of_a_tunnel_must_be_up_too():
+    # compute-0 (198.51.100.20) answers controller-0 (198.51.100.10): its
+    # conn is auto=add, yet without SAs the tunnel is down.
+    plan = plan_for("compute-0")
+    conn = plan["connections"][N2N_API]
+    assert conn["keywords"]["auto"] == "add" and conn["initiator"] == "198.51.100.10"
+    result = verdict(plan, status_for(plan, sas={N2N_API: (None, None)}))
+    assert result["connections"][N2N_API]["expect"] == "up"
+    assert N2N_API in result["failed"]
 
 
 def test_unplanned_conns_are_listed_but_never_fail():
