@@ -86,11 +86,15 @@ LINE_TIERS := test/unit test/functional
 
 salt-lines-venvs: $(foreach line,$(SALT_LINES),.venv-$(line)/.installed)
 
+# The lines run side by side (one per core; each output printed whole when
+# it ends): they share nothing but the machine, and make test stays shorter.
 salt-lines: salt-lines-venvs
-	@for line in $(SALT_LINES); do \
-	  echo "== Salt $$line: $(LINE_TIERS)"; \
-	  .venv-$$line/bin/python -m pytest -q -p no:cacheprovider $(LINE_TIERS) || exit 1; \
-	done
+	@$(MAKE) --no-print-directory -j$(words $(SALT_LINES)) --output-sync=target \
+	  $(addprefix salt-line-,$(SALT_LINES))
+
+salt-line-%: .venv-%/.installed
+	@echo "== Salt $*: $(LINE_TIERS)"
+	.venv-$*/bin/python -m pytest -q -p no:cacheprovider $(LINE_TIERS)
 
 .venv-%/.installed: requirements.txt constraints-%.txt
 	$(PYTHON) -m venv .venv-$*
