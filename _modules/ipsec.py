@@ -289,7 +289,8 @@ def plan():
 # _utils/ipsec_verify.py (plan + status -> verdict); these functions only
 # run whack and read files.
 
-VERIFY_LEVELS = ("ike", "child")
+VERIFY_LEVELS = ("ike", "child", "traffic")
+PROBE_TIMEOUT = 5  # s: the traffic level's one probe round
 
 
 def _bool(value, name):
@@ -360,7 +361,7 @@ def parse_status(text=None, path=None, traffic=None):
     return __utils__["ipsec_status.parse_status"](text, traffic)
 
 
-def verify(level="child", traffic=True):
+def verify(level="child", traffic=True, timeout=PROBE_TIMEOUT):
     """
     Compare this node's plan (``ipsec.plan``) with live pluto
     (``ipsec.status``), per planned connection: loaded, oriented, IKE SA
@@ -369,17 +370,29 @@ def verify(level="child", traffic=True):
     that the plan does not (``unplanned``).
 
     ``result`` is true only when every tunnel that should be up here is up:
-    ``auto=start`` node-to-node and VIP client conns, and VIP server conns
-    with their clients where this node holds the VIP (read from the
-    addresses pluto listens on). Otherwise the return code is non-zero, so
-    ``salt '*' ipsec.verify`` fails in scripts and CI.
+    both ends of every node-to-node tunnel (one initiates, the other
+    answers), VIP client conns, and VIP server conns with their clients
+    where this node holds the VIP (read from the addresses pluto listens
+    on). Otherwise the return code is non-zero, so ``salt '*' ipsec.verify``
+    fails in scripts and CI.
 
     level
         ``child`` (default): IKE SA and Child SA established. ``ike``: an
         established IKE SA is enough (kernels without ESP, where the Child
-        SA cannot be installed).
+        SA cannot be installed). ``traffic``: the Child level, then one
+        round of ICMP echo probes from this node through each of those
+        tunnels (to the peer's tunnel address; from the VIP to each client
+        on the VIP holder): each tunnel must have exactly one IKE SA and
+        one Child SA, and its Child SA's byte counters must have moved out
+        (the request) and in (the reply, or the peer's own traffic). It
+        catches a tunnel that is "up" but drops packets; the peers must
+        answer ICMP echo through the tunnel.
     traffic
-        Read exact byte counts from ``--trafficstatus`` (default true).
+        Read exact byte counts from ``--trafficstatus`` (default true;
+        always for ``level=traffic``).
+    timeout
+        ``level=traffic`` only: seconds the probe round waits for replies
+        (default 5; one round for the whole node).
 
     CLI Example:
 
@@ -387,13 +400,30 @@ def verify(level="child", traffic=True):
 
         salt '*' ipsec.verify
         salt '*' ipsec.verify level=ike --out=yaml
+        salt '*' ipsec.verify level=traffic timeout=3
     """
     if level not in VERIFY_LEVELS:
-        raise SaltInvocationError("ipsec.verify: level must be 'ike' or 'child', got {!r}".format(level))
+        raise SaltInvocationError("ipsec.verify: level must be one of {}, got {!r}".format(
+            ", ".join(VERIFY_LEVELS), level))
     _bool(traffic, "traffic")
+    timeout = _seconds(timeout, "timeout", 0.1, 60)
     built = build(check_algorithms=False)
-    live = status(traffic=traffic)
-    verdict = __utils__["ipsec_verify.verify"](built, live, level)
+    if level == "traffic":
+        verdict = __utils__["ipsec_verify.verify_traffic"](
+            built, lambda: status(traffic=True), __utils__["ipsec_probe.probe"], timeout)
+    else:
+        verdict = __utils__["ipsec_verify.verify"](built, status(traffic=traffic), level)
     if not verdict["result"]:
         __context__["retcode"] = 1
     return verdict
+
+
+def _seconds(value, name, minimum, maximum):
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is None or seconds != seconds or not minimum <= seconds <= maximum:
+        raise SaltInvocationError("ipsec.verify: {} must be a number of seconds from {:g} to {:g}, got {!r}".format(
+            name, minimum, maximum, value))
+    return seconds

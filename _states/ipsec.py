@@ -165,9 +165,12 @@ def established(name, timeout=300, interval=5, level="child"):
     interval
         Seconds between checks (default 5).
     level
-        ``child`` (default: IKE SA and Child SA established) or ``ike``
-        (an established IKE SA is enough: kernels without ESP). Named
-        ``level`` because ``require`` is a Salt requisite.
+        ``child`` (default: IKE SA and Child SA established), ``ike``
+        (an established IKE SA is enough: kernels without ESP) or
+        ``traffic`` (the Child level, and every such tunnel carries an
+        ICMP echo probe both ways: see ``ipsec.verify``; each check is one
+        probe round of up to 5 s). Named ``level`` because ``require`` is
+        a Salt requisite.
 
     In test mode it checks once: ``True`` when already up, else ``None``
     ("would wait").
@@ -185,8 +188,8 @@ def established(name, timeout=300, interval=5, level="child"):
     try:
         timeout = _seconds(timeout, "timeout", 0)
         interval = _seconds(interval, "interval", 0.1)
-        if level not in ("ike", "child"):
-            raise SaltInvocationError("level must be 'ike' or 'child', got {!r}".format(level))
+        if level not in ("ike", "child", "traffic"):
+            raise SaltInvocationError("level must be 'ike', 'child' or 'traffic', got {!r}".format(level))
     except SaltInvocationError as exc:
         ret["comment"] = str(exc)
         return ret

@@ -27,6 +27,8 @@ import ipaddress
 from salt.exceptions import SaltInvocationError
 
 LEVELS = ("ike", "child")
+# ``verify_traffic`` adds a probe round on top of the Child level.
+ALL_LEVELS = LEVELS + ("traffic",)
 STARTED = ("start",)
 
 
@@ -194,6 +196,8 @@ def _server_conn(entry, planned, template, instances, clients, ike_index, level,
             "child_sa": sas["child_sa"],
             "in_bytes": sas["in_bytes"],
             "out_bytes": sas["out_bytes"],
+            "ike_sas": sas["ike_sas"],
+            "child_sas": sas["child_sas"],
             "up": up,
         }
         if not up:
@@ -306,6 +310,21 @@ def verify(plan, status, level="child"):
             "child_sa": sas["child_sa"],
         }
 
+    return _summarise({
+        "level": level,
+        "node": plan.get("node"),
+        "version": status.get("version"),
+        "connections": connections,
+        "unplanned": unplanned,
+        "vips": vips,
+        "summary": status.get("summary"),
+    }, level)
+
+
+def _summarise(verdict, level):
+    """``result``, ``comment``, ``hint``, ``failed`` and ``counts`` of a
+    verdict from its ``connections`` (after any level has had its say)."""
+    connections = verdict["connections"]
     failed = {name: entry["reason"] for name, entry in connections.items() if not entry["ok"]}
     expect = [entry["expect"] for entry in connections.values()]
     counts = {
@@ -314,10 +333,13 @@ def verify(plan, status, level="child"):
         "expect_loaded": expect.count("loaded"),
         "not_needed_here": expect.count("nothing"),
         "failed": len(failed),
-        "unplanned": len(unplanned),
+        "unplanned": len(verdict["unplanned"]),
     }
     if not failed:
         comment = "all {} tunnels that should be up are up (level: {})".format(counts["expect_up"], level)
+        if level == "traffic":
+            comment = "all {} tunnels that should be up carry traffic both ways (level: traffic)".format(
+                counts["expect_up"])
         if counts["expect_loaded"]:
             comment += ", {} more loaded as planned".format(counts["expect_loaded"])
     else:
@@ -328,17 +350,137 @@ def verify(plan, status, level="child"):
     if any("but no established Child SA" in reason for reason in failed.values()):
         hint = NO_CHILD_HINT
         comment += ". " + hint
-    return {
-        "result": not failed,
-        "comment": comment,
-        "hint": hint,
-        "level": level,
-        "node": plan.get("node"),
-        "version": status.get("version"),
-        "counts": counts,
-        "failed": failed,
-        "connections": connections,
-        "unplanned": unplanned,
-        "vips": vips,
-        "summary": status.get("summary"),
-    }
+    verdict.update({"result": not failed, "comment": comment, "hint": hint, "level": level,
+                    "counts": counts, "failed": failed})
+    return verdict
+
+
+# ------------------------------------------------------------ level=traffic
+#
+# An established IKE SA and Child SA on both ends do not prove packets
+# flow: after crossed negotiations each end can send on a Child SA whose
+# peer half was already replaced, and with failureshunt=drop that is a
+# silent black hole the SA levels report as up. The traffic level sends one
+# echo request through every tunnel that is up at the Child level and
+# looks at the Child SA byte counters pluto reads from the kernel: the
+# request must move the outbound counter, the reply the inbound one.
+
+def probe_targets(plan, verdict):
+    """``{(src, dst): (conn, client)}``: one probe per tunnel that should be
+    up here and is up at the Child level (``client``: the client address of
+    a VIP server conn, else None)."""
+    targets = {}
+    for name, entry in verdict["connections"].items():
+        if entry["expect"] != "up":
+            continue
+        keywords = plan["connections"][name].get("keywords") or {}
+        if entry.get("clients") is not None:
+            for address, client in entry["clients"].items():
+                if client["up"]:
+                    targets[(keywords["left"], address)] = (name, address)
+        elif entry["up"]:
+            targets[(keywords["left"], keywords["right"])] = (name, None)
+    return targets
+
+
+def _counters(status, name, client=None):
+    """{serial: (in_bytes, out_bytes)} of the established Child SAs of conn
+    ``name`` (of its instances for ``client`` when it is a template)."""
+    counters = {}
+    for conn in status["connections"].values():
+        if conn["base"] != name:
+            continue
+        if client is None and conn["instance"] is not None:
+            continue
+        if client is not None and (conn["instance"] is None or _canonical(conn.get("remote")) != client):
+            continue
+        for record in conn["child_sas"]:
+            if record["established"]:
+                counters[record["serial"]] = (record.get("in_bytes"), record.get("out_bytes"))
+    return counters
+
+
+def _moved(before, after, index):
+    """Did any Child SA's counter grow (or start above 0 on an SA that was
+    not there before: a rekey in between)? None: pluto shows no counter."""
+    values = [pair[index] for pair in after.values()]
+    if not values or any(value is None for value in values):
+        return None
+    return any(now > (before.get(serial) or (0, 0))[index] or 0 for serial, now in
+               ((serial, pair[index]) for serial, pair in after.items()))
+
+
+def _traffic_problem(peer, ike_sas, child_sas, before, after, reply, timeout):
+    """Why a tunnel up at the Child level does not carry traffic both ways,
+    or None; and what the probe saw."""
+    out_moved = _moved(before, after, 1)
+    in_moved = _moved(before, after, 0)
+    seen = {"probes_sent": reply["sent"], "answered": reply["answered"],
+            "out_moved": out_moved, "in_moved": in_moved}
+    if len(child_sas) > 1:
+        return seen, ("{} Child SAs for one tunnel ({}): a duplicate pair left by crossed negotiations; "
+                      "each end may send on a Child SA the other no longer uses".format(
+                          len(child_sas), ", ".join("#{}".format(s) for s in child_sas)))
+    if len(ike_sas) > 1:
+        return seen, "{} IKE SAs for one tunnel ({}): a duplicate left by crossed negotiations".format(
+            len(ike_sas), ", ".join("#{}".format(s) for s in ike_sas))
+    if out_moved is None or in_moved is None:
+        return seen, "pluto shows no byte counters for its Child SA (no --trafficstatus): cannot prove traffic"
+    if not reply["sent"]:
+        return seen, "probe to {} not sent: {}".format(peer, reply["error"] or "no time left")
+    if not out_moved:
+        return seen, ("sent {} probe(s) to {} but the outbound Child SA's counter did not move: "
+                      "the kernel does not send this traffic through the tunnel".format(reply["sent"], peer))
+    if not in_moved:
+        return seen, ("sent through the outbound Child SA but nothing came in through the inbound one in {:g}s "
+                      "(probe {}): packets from {} do not arrive through this tunnel, "
+                      "its other half is gone or replaced on one end".format(
+                          timeout, "answered?!" if reply["answered"] else "unanswered", peer))
+    return seen, None
+
+
+def traffic(plan, before, after, targets, replies, timeout):
+    """The traffic-level verdict: the Child-level verdict of ``after`` (the
+    status read after the probe round), where every probed tunnel must also
+    have exactly one Child SA and one IKE SA and counters that moved both
+    ways between ``before`` and ``after``."""
+    verdict = verify(plan, after, "child")
+    no_reply = {"sent": 0, "answered": False, "error": "not probed"}
+    by_conn = {}
+    for pair, (name, client) in targets.items():
+        by_conn.setdefault(name, []).append((pair, client))
+    for name, probes in sorted(by_conn.items()):
+        entry = verdict["connections"][name]
+        if not entry["ok"]:
+            continue  # went down during the probe: the Child level says why
+        problems = []
+        for pair, client in probes:
+            reply = replies.get(pair) or no_reply
+            if client is None:
+                seen, problem = _traffic_problem(pair[1], entry.get("ike_sas") or [], entry.get("child_sas") or [],
+                                                 _counters(before, name), _counters(after, name), reply, timeout)
+                entry["traffic"] = seen
+            else:
+                report = entry["clients"][client]
+                seen, problem = _traffic_problem(client, report["ike_sas"], report["child_sas"],
+                                                 _counters(before, name, client), _counters(after, name, client),
+                                                 reply, timeout)
+                report["traffic"] = seen
+                problem = problem and "client {} ({}): {}".format(client, report["node"], problem)
+            if problem:
+                problems.append(problem)
+        if problems:
+            entry["ok"] = False
+            entry["reason"] = "; ".join(problems)
+    return _summarise(verdict, "traffic")
+
+
+def verify_traffic(plan, read_status, send_probes, timeout=5.0):
+    """``level=traffic``: ``read_status()`` (a parsed status with
+    ``--trafficstatus`` counters), one probe round ``send_probes(pairs,
+    timeout)`` (``ipsec_probe.probe``) through every tunnel up at the Child
+    level, ``read_status()`` again; then ``traffic``."""
+    before = read_status()
+    targets = probe_targets(plan, verify(plan, before, "child"))
+    replies = send_probes(sorted(targets), timeout) if targets else {}
+    return traffic(plan, before, read_status(), targets, replies, timeout)

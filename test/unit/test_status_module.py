@@ -6,6 +6,7 @@ The real whack and pluto are in test/integration/test_status_pluto.py; the
 status texts here are DERIVED (labkit.statustext).
 """
 
+import copy
 import os
 
 import pytest
@@ -28,6 +29,7 @@ class FakeWhack:
         assert python_shell is False and isinstance(cmd, list)
         self.calls.append(cmd)
         answer = self.answers.get(cmd[-1], {"retcode": 1, "stderr": "not faked"})
+        answer = answer() if callable(answer) else answer
         return dict({"retcode": 0, "stdout": "", "stderr": ""}, **answer)
 
 
@@ -46,7 +48,11 @@ def module(tmp_path):
 
 def compute_status(child="established"):
     """What compute-0's pluto shows with all its planned conns (derived text)."""
-    conns = [
+    return render(_compute_conns(child), "4.10", addresses=COMPUTE_ADDRESSES)
+
+
+def _compute_conns(child="established"):
+    return [
         Conn("overcloud-internal_api-198.51.100.10-198.51.100.20", "198.51.100.20", "198.51.100.10",
              ike="established", child=child),
         Conn("overcloud-tenant-2001:db8:0:1::10-2001:db8:0:1::20", "2001:db8:0:1::20", "2001:db8:0:1::10",
@@ -56,7 +62,10 @@ def compute_status(child="established"):
         Conn("overcloud-redis-node-to-vip-tunnel", "198.51.100.20", "198.51.100.101",
              "@overcloudrediscluster", "@redisvip", ike="established", child=child),
     ]
-    return render(conns, "4.10", addresses=("198.51.100.20", "2001:db8:0:1::20"))
+
+
+COMPUTE_ADDRESSES = ("198.51.100.20", "2001:db8:0:1::20")
+COMPUTE_CONNS = _compute_conns()
 
 
 def test_status_runs_whack_on_the_lookup_socket(module):
@@ -113,9 +122,39 @@ def test_verify_sets_retcode_only_on_failure(module):
     assert child["level"] == "child" and child["node"] == "compute-0"
 
 
+def test_verify_level_traffic_probes_each_tunnel_once_and_reads_the_counters_around_it(module):
+    """Counters read before and after one probe round; a tunnel whose
+    inbound counter stayed put fails by name, the others pass."""
+    text, _ = compute_status()
+    before = render(COMPUTE_CONNS, "4.10", addresses=COMPUTE_ADDRESSES)[1]
+    grown = [copy.copy(conn) for conn in COMPUTE_CONNS]
+    for index, conn in enumerate(grown):
+        conn.in_bytes += 0 if index == 0 else 84
+        conn.out_bytes += 84
+    after = render(grown, "4.10", addresses=COMPUTE_ADDRESSES)[1]
+    answers = iter([before, after])
+    module.__salt__["cmd.run_all"] = FakeWhack({"--status": {"stdout": text},
+                                                "--trafficstatus": lambda: {"stdout": next(answers)}})
+    probes = []
+
+    def probe(pairs, timeout):
+        probes.append((list(pairs), timeout))
+        return {pair: {"sent": 1, "answered": True, "error": None} for pair in pairs}
+
+    module.__utils__["ipsec_probe.probe"] = probe
+    verdict = module.verify(level="traffic", timeout=2)
+    assert probes == [([("198.51.100.20", "198.51.100.10"), ("198.51.100.20", "198.51.100.100"),
+                        ("198.51.100.20", "198.51.100.101"), ("2001:db8:0:1::20", "2001:db8:0:1::10")], 2.0)]
+    assert verdict["level"] == "traffic" and module.__context__["retcode"] == 1
+    assert list(verdict["failed"]) == ["overcloud-internal_api-198.51.100.10-198.51.100.20"]
+    assert "nothing came in through the inbound one in 2s" in verdict["comment"]
+
+
 @pytest.mark.parametrize("kwargs,message", [
-    ({"level": "esp"}, "level must be 'ike' or 'child', got 'esp'"),
+    ({"level": "esp"}, "level must be one of ike, child, traffic, got 'esp'"),
     ({"traffic": "yes"}, "traffic must be true or false, got 'yes'"),
+    ({"level": "traffic", "timeout": "soon"}, "timeout must be a number of seconds from 0.1 to 60, got 'soon'"),
+    ({"level": "traffic", "timeout": 0}, "timeout must be a number of seconds from 0.1 to 60, got 0"),
 ])
 def test_verify_bad_arguments(module, kwargs, message):
     with pytest.raises(SaltInvocationError, match=message):
@@ -233,7 +272,7 @@ def test_established_without_a_previous_retcode_leaves_none(state):
     ({"timeout": "soon"}, "timeout must be a number of seconds, got 'soon'"),
     ({"timeout": -1}, "timeout must be at least 0"),
     ({"interval": 0}, "interval must be at least 0.1"),
-    ({"level": "esp"}, "level must be 'ike' or 'child', got 'esp'"),
+    ({"level": "esp"}, "level must be 'ike', 'child' or 'traffic', got 'esp'"),
 ])
 def test_established_bad_arguments(state, kwargs, message):
     ret = run(state, [UP], **kwargs)

@@ -7,6 +7,7 @@ parsed by ipsec_status, so these tests also cover the parser's output as
 verify consumes it. Real pluto verdicts: test/integration/test_status_pluto.py.
 """
 
+import copy
 import re
 
 import pytest
@@ -93,7 +94,7 @@ def test_all_up_on_the_vip_holder():
     assert server["expect"] == "up" and server["vip_held"] is True
     assert server["clients"] == {"198.51.100.20": {
         "node": "compute-0", "instances": [API_SERVER + "[1]"], "ike_sa": True, "child_sa": True,
-        "in_bytes": 100, "out_bytes": 200, "up": True}}
+        "in_bytes": 100, "out_bytes": 200, "ike_sas": [3], "child_sas": [4], "up": True}}
     assert result["connections"][STORAGE_SERVER]["clients"] == {}  # compute-0 is not on storage
     client = result["connections"][API_CLIENT]
     assert (client["expect"], client["ok"], client["oriented"]) == ("nothing", True, False)
@@ -269,3 +270,134 @@ def test_bad_inputs(plan, status, message):
 def test_bad_level():
     with pytest.raises(SaltInvocationError, match="level must be 'ike' or 'child', got 'esp'"):
         ipsec_verify.verify({"connections": {}}, {"connections": {}}, "esp")
+
+
+# ------------------------------------------------------------ level=traffic
+
+def _children(status, name, client=None):
+    """The established Child SA records of conn ``name`` (of its instance
+    toward ``client``)."""
+    return [record for conn in status["connections"].values()
+            if conn["base"] == name and (client is None) == (conn["instance"] is None)
+            and (client is None or conn["remote"] == client)
+            for record in conn["child_sas"] if record["established"]]
+
+
+def _after(before, frozen=(), direction="in", duplicate=None):
+    """The status after a probe round: every counter grew, except
+    ``direction`` of the tunnels in ``frozen`` ((conn, VIP client address
+    or None)); ``duplicate``: a conn that shows a second Child SA."""
+    after = copy.deepcopy(before)
+    for conn in after["connections"].values():
+        tunnel = (conn["base"], conn["remote"] if conn["instance"] is not None else None)
+        for record in conn["child_sas"]:
+            for field in ("in_bytes", "out_bytes"):
+                still = field.startswith(direction) and tunnel in frozen
+                if record[field] is not None and not still:
+                    record[field] += 84
+    if duplicate is not None:
+        conn = after["connections"][duplicate]
+        conn["child_sas"].append(dict(conn["child_sas"][0], serial=99, in_bytes=0, out_bytes=0))
+    return after
+
+
+def _traffic(plan, before, after, answered=True):
+    targets = ipsec_verify.probe_targets(plan, ipsec_verify.verify(plan, before, "child"))
+    replies = {pair: {"sent": 1, "answered": answered, "error": None} for pair in targets}
+    return ipsec_verify.traffic(plan, before, after, targets, replies, 5), targets
+
+
+def test_traffic_level_passes_when_every_counter_moved_both_ways():
+    plan = plan_for("controller-0")
+    before = status_for(plan)
+    result, targets = _traffic(plan, before, _after(before))
+    assert result["result"] is True, result["comment"]
+    assert result["level"] == "traffic"
+    assert result["comment"] == "all 5 tunnels that should be up carry traffic both ways (level: traffic)"
+    # One probe per node-to-node tunnel (from our end to the peer's) and
+    # one per client of the VIPs this node serves, from the VIP.
+    api = plan["connections"][N2N_API]["keywords"]
+    assert targets[(api["left"], api["right"])] == (N2N_API, None)
+    assert targets[("198.51.100.100", "198.51.100.20")] == (API_SERVER, "198.51.100.20")
+    # (The storage VIP has no client here: nothing to probe on it.)
+    assert len(targets) == 4
+    assert result["connections"][N2N_API]["traffic"] == {
+        "probes_sent": 1, "answered": True, "out_moved": True, "in_moved": True}
+
+
+@pytest.mark.parametrize("node", ["controller-0", "compute-0"])
+@pytest.mark.parametrize("direction", ["in", "out"])
+def test_traffic_level_names_every_tunnel_whose_counter_did_not_move(node, direction):
+    """The class: for each tunnel probed, freezing one of its counters fails
+    exactly that tunnel, while the Child level passes on the same status."""
+    plan = plan_for(node)
+    before = status_for(plan)
+    targets = ipsec_verify.probe_targets(plan, ipsec_verify.verify(plan, before, "child"))
+    assert targets
+    for (name, client) in targets.values():
+        after = _after(before, frozen={(name, client)}, direction=direction)
+        result, _ = _traffic(plan, before, after)
+        assert ipsec_verify.verify(plan, after, "child")["result"] is True
+        assert list(result["failed"]) == [name], (name, client, result["comment"])
+        reason = result["failed"][name]
+        if direction == "in":
+            assert "nothing came in through the inbound one in 5s" in reason, reason
+        else:
+            assert "the outbound Child SA's counter did not move" in reason, reason
+        if client:
+            assert reason.startswith("client {} (".format(client)), reason
+
+
+def test_traffic_level_reports_a_duplicate_child_sa_pair():
+    plan = plan_for("compute-0")
+    before = status_for(plan)
+    result, _ = _traffic(plan, before, _after(before, duplicate=N2N_API))
+    assert ipsec_verify.verify(plan, _after(before, duplicate=N2N_API), "child")["result"] is True
+    assert list(result["failed"]) == [N2N_API]
+    assert result["failed"][N2N_API].startswith("2 Child SAs for one tunnel (#")
+
+
+def test_traffic_level_counts_a_rekeyed_child_sa():
+    """A Child SA replaced during the probe (new serial, counters from 0):
+    bytes on the new one are movement."""
+    plan = plan_for("compute-0")
+    before = status_for(plan)
+    after = copy.deepcopy(before)
+    for record in _children(after, N2N_API):
+        record.update(serial=record["serial"] + 100, in_bytes=84, out_bytes=84)
+    result, _ = _traffic(plan, before, _after(after, frozen={(N2N_API, None)}))
+    assert N2N_API not in result["failed"], result["comment"]
+
+
+def test_traffic_level_needs_counters_and_a_sent_probe():
+    plan = plan_for("compute-0")
+    before = status_for(plan, traffic=False)
+    after = copy.deepcopy(before)
+    for record in _children(after, N2N_API):
+        record["in_bytes"] = record["out_bytes"] = None
+    result, _ = _traffic(plan, before, after)
+    assert "pluto shows no byte counters" in result["failed"][N2N_API]
+    before = status_for(plan)
+    targets = ipsec_verify.probe_targets(plan, ipsec_verify.verify(plan, before, "child"))
+    replies = {pair: {"sent": 0, "answered": False, "error": "cannot send to x: Network is unreachable"}
+               for pair in targets}
+    result = ipsec_verify.traffic(plan, before, _after(before, frozen=set(targets.values()), direction="out"),
+                                  targets, replies, 5)
+    assert result["failed"][N2N_API].endswith("not sent: cannot send to x: Network is unreachable")
+
+
+def test_traffic_level_does_not_probe_what_is_down_and_keeps_its_reason():
+    plan = plan_for("compute-0")
+    before = status_for(plan, sas={N2N_API: ("established", None)})
+    seen = []
+
+    def send(pairs, timeout):
+        seen.extend(pairs)
+        return {pair: {"sent": 1, "answered": True, "error": None} for pair in pairs}
+
+    statuses = iter([before, _after(before)])
+    result = ipsec_verify.verify_traffic(plan, lambda: next(statuses), send, timeout=2)
+    api = plan["connections"][N2N_API]["keywords"]
+    assert (api["left"], api["right"]) not in seen and seen == sorted(seen) and seen
+    assert list(result["failed"]) == [N2N_API]
+    assert "established but no established Child SA" in result["failed"][N2N_API]
