@@ -409,8 +409,13 @@ def verify(level="child", traffic=True, timeout=PROBE_TIMEOUT):
     timeout = _seconds(timeout, "timeout", 0.1, 60)
     built = build(check_algorithms=False)
     if level == "traffic":
-        verdict = __utils__["ipsec_verify.verify_traffic"](
-            built, lambda: status(traffic=True), __utils__["ipsec_probe.probe"], timeout)
+        # The steps of ipsec_verify.verify_traffic, run here: a module
+        # function (status) cannot be called back from inside a utils call
+        # (Salt's loader has no __utils__ in that context).
+        before = status(traffic=True)
+        targets = __utils__["ipsec_verify.probe_targets"](built, before)
+        replies = __utils__["ipsec_probe.probe"](sorted(targets), timeout) if targets else {}
+        verdict = __utils__["ipsec_verify.traffic"](built, before, status(traffic=True), targets, replies, timeout)
     else:
         verdict = __utils__["ipsec_verify.verify"](built, status(traffic=traffic), level)
     if not verdict["result"]:

@@ -365,10 +365,11 @@ def _summarise(verdict, level):
 # looks at the Child SA byte counters pluto reads from the kernel: the
 # request must move the outbound counter, the reply the inbound one.
 
-def probe_targets(plan, verdict):
+def probe_targets(plan, status):
     """``{(src, dst): (conn, client)}``: one probe per tunnel that should be
-    up here and is up at the Child level (``client``: the client address of
-    a VIP server conn, else None)."""
+    up here and is up at the Child level in ``status`` (``client``: the
+    client address of a VIP server conn, else None)."""
+    verdict = verify(plan, status, "child")
     targets = {}
     for name, entry in verdict["connections"].items():
         if entry["expect"] != "up":
@@ -404,10 +405,14 @@ def _moved(before, after, index):
     """Did any Child SA's counter grow (or start above 0 on an SA that was
     not there before: a rekey in between)? None: pluto shows no counter."""
     values = [pair[index] for pair in after.values()]
-    if not values or any(value is None for value in values):
+    if not values or all(value is None for value in values):
         return None
-    return any(now > (before.get(serial) or (0, 0))[index] or 0 for serial, now in
-               ((serial, pair[index]) for serial, pair in after.items()))
+    return any(now is not None and now > ((before.get(serial) or (0, 0))[index] or 0)
+               for now, serial in ((pair[index], serial) for serial, pair in after.items()))
+
+
+def _serials(counters):
+    return ", ".join("#{}".format(serial) for serial in sorted(counters))
 
 
 def _traffic_problem(peer, ike_sas, child_sas, before, after, reply, timeout):
@@ -424,8 +429,14 @@ def _traffic_problem(peer, ike_sas, child_sas, before, after, reply, timeout):
     if len(ike_sas) > 1:
         return seen, "{} IKE SAs for one tunnel ({}): a duplicate left by crossed negotiations".format(
             len(ike_sas), ", ".join("#{}".format(s) for s in ike_sas))
-    if out_moved is None or in_moved is None:
+    if out_moved is None and in_moved is None:
         return seen, "pluto shows no byte counters for its Child SA (no --trafficstatus): cannot prove traffic"
+    if in_moved is None or out_moved is None:
+        # pluto reads each counter from the kernel's SA of that direction.
+        return seen, ("pluto reads no {} byte counter for Child SA {}: the kernel holds no {} ESP state for it "
+                      "(deleted or expired), packets {} {} are dropped".format(
+                          *(("inbound", _serials(after), "inbound", "from", peer) if in_moved is None else
+                            ("outbound", _serials(after), "outbound", "to", peer))))
     if not reply["sent"]:
         return seen, "probe to {} not sent: {}".format(peer, reply["error"] or "no time left")
     if not out_moved:
@@ -481,6 +492,6 @@ def verify_traffic(plan, read_status, send_probes, timeout=5.0):
     timeout)`` (``ipsec_probe.probe``) through every tunnel up at the Child
     level, ``read_status()`` again; then ``traffic``."""
     before = read_status()
-    targets = probe_targets(plan, verify(plan, before, "child"))
+    targets = probe_targets(plan, before)
     replies = send_probes(sorted(targets), timeout) if targets else {}
     return traffic(plan, before, read_status(), targets, replies, timeout)
