@@ -94,7 +94,7 @@ def probe(pairs, timeout=5.0):
     pairs = list(dict.fromkeys((str(src), str(dst)) for src, dst in pairs))
     results = {pair: {"sent": 0, "answered": False, "error": None} for pair in pairs}
     ident = os.getpid() & 0xFFFF
-    sockets, waiting = {}, {}  # source -> socket; (source, sequence) -> pair
+    sockets, waiting = {}, {}  # source -> (version, socket); (source, target, sequence) -> pair
     try:
         for sequence, (src, dst) in enumerate(pairs, start=1):
             try:

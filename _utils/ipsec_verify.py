@@ -27,8 +27,6 @@ import ipaddress
 from salt.exceptions import SaltInvocationError
 
 LEVELS = ("ike", "child")
-# ``verify_traffic`` adds a probe round on top of the Child level.
-ALL_LEVELS = LEVELS + ("traffic",)
 STARTED = ("start",)
 
 
@@ -407,12 +405,13 @@ def _moved(before, after, index):
     values = [pair[index] for pair in after.values()]
     if not values or all(value is None for value in values):
         return None
-    return any(now is not None and now > ((before.get(serial) or (0, 0))[index] or 0)
-               for now, serial in ((pair[index], serial) for serial, pair in after.items()))
+    return any(pair[index] is not None and pair[index] > ((before.get(serial) or (0, 0))[index] or 0)
+               for serial, pair in after.items())
 
 
-def _serials(counters):
-    return ", ".join("#{}".format(serial) for serial in sorted(counters))
+def _serials(serials):
+    """"#3, #7" of SA serials (a list, or the keys of a counters dict)."""
+    return ", ".join("#{}".format(serial) for serial in sorted(serials))
 
 
 def _traffic_problem(peer, ike_sas, child_sas, before, after, reply, timeout):
@@ -425,10 +424,10 @@ def _traffic_problem(peer, ike_sas, child_sas, before, after, reply, timeout):
     if len(child_sas) > 1:
         return seen, ("{} Child SAs for one tunnel ({}): a duplicate pair left by crossed negotiations; "
                       "each end may send on a Child SA the other no longer uses".format(
-                          len(child_sas), ", ".join("#{}".format(s) for s in child_sas)))
+                          len(child_sas), _serials(child_sas)))
     if len(ike_sas) > 1:
         return seen, "{} IKE SAs for one tunnel ({}): a duplicate left by crossed negotiations".format(
-            len(ike_sas), ", ".join("#{}".format(s) for s in ike_sas))
+            len(ike_sas), _serials(ike_sas))
     if out_moved is None and in_moved is None:
         return seen, "pluto shows no byte counters for its Child SA (no --trafficstatus): cannot prove traffic"
     if in_moved is None or out_moved is None:
