@@ -368,6 +368,16 @@ def _liveness_keywords(major, action):
     keywords = {"dpddelay": "5", "retransmit-timeout": "15s"}
     if major <= 4:
         keywords = dict({"dpdaction": action}, **keywords)
+    if major == 4 and action == "restart":
+        # An initiating end (auto=start) on 4.x: when a keying attempt times
+        # out (peer down > retransmit-timeout), 4.x both starts the next
+        # attempt (keyingtries=0: unlimited) and schedules a revival of the
+        # connection; the revival's Child SA then rides the attempt's IKE SA
+        # as a second CREATE_CHILD_SA, the peer keeps two Child SAs and sends
+        # on the one this end refused: a black hole (seen in the lab's VM).
+        # With one try per attempt, the revival alone retries (back-off
+        # 0, 5, 10 ... s, at most 300 s; reset once a Child SA is up).
+        keywords["keyingtries"] = "1"
     if major <= 3:
         keywords["dpdtimeout"] = "15"
     return keywords

@@ -422,6 +422,23 @@ def test_every_tunnel_has_exactly_one_initiator_both_ends_agree(hosts, v6, major
         assert starter == init_a == min((p[2] for p in pair), key=ipsec_plan._address_order)
 
 
+@pytest.mark.parametrize("major", [3, 4, 5])
+def test_one_keying_try_per_attempt_on_every_initiating_conn_of_4x(major):
+    """4.x, a keying attempt timing out both retries and schedules a revival:
+    two Child SAs for one conn. Every auto=start conn (node-to-node
+    initiator, VIP client) of every node has keyingtries=1 on 4.x; no
+    answering conn has it, and no other release gets it."""
+    seen = set()
+    for node in examples.THREE_NODES:
+        for name, conn in plan_for(node, major=major)["connections"].items():
+            keywords = conn["keywords"]
+            seen.add((conn["role"], keywords["auto"]))
+            want = "1" if major == 4 and keywords["auto"] == "start" else None
+            assert keywords.get("keyingtries") == want, (node, name, keywords)
+    assert {("node-to-node", "start"), ("node-to-node", "add"), ("vip-client", "start"),
+            ("vip-server", "add")} <= seen, seen
+
+
 def test_an_auto_override_applies_to_both_ends_and_names_no_initiator():
     pillar = examples.pillar(networks=dict(examples.NETWORKS, storage=dict(examples.NETWORKS["storage"],
                                                                                conn_options={"auto": "start"})))
@@ -435,12 +452,12 @@ def test_an_auto_override_applies_to_both_ends_and_names_no_initiator():
 
 
 @pytest.mark.parametrize("major, initiator, responder", [
-    (4, {"dpdaction": "restart", "dpddelay": "5", "retransmit-timeout": "15s"},
+    (4, {"dpdaction": "restart", "dpddelay": "5", "retransmit-timeout": "15s", "keyingtries": "1"},
      {"dpdaction": "clear", "dpddelay": "5", "retransmit-timeout": "15s"}),
     (5, {"dpddelay": "5", "retransmit-timeout": "15s"}, {"dpddelay": "5", "retransmit-timeout": "15s"}),
 ])
 def test_node_to_node_liveness_per_release(major, initiator, responder):
     for node, want in (("controller-0", initiator), ("compute-0", responder)):
         conn = n2n(plan_for(node, major=major))["overcloud-internal_api-198.51.100.10-198.51.100.20"]
-        got = {k: v for k, v in conn["keywords"].items() if k.startswith(("dpd", "retransmit"))}
+        got = {k: v for k, v in conn["keywords"].items() if k.startswith(("dpd", "retransmit", "keyingtries"))}
         assert got == want, (node, got)
