@@ -382,10 +382,9 @@ def probe_targets(plan, status):
     return targets
 
 
-def _counters(status, name, client=None):
-    """{serial: (in_bytes, out_bytes)} of the established Child SAs of conn
-    ``name`` (of its instances for ``client`` when it is a template)."""
-    counters = {}
+def _matching(status, name, client=None):
+    """The status conns of conn ``name`` (of its instances for ``client``
+    when it is a template)."""
     for conn in status["connections"].values():
         if conn["base"] != name:
             continue
@@ -393,10 +392,23 @@ def _counters(status, name, client=None):
             continue
         if client is not None and (conn["instance"] is None or _canonical(conn.get("remote")) != client):
             continue
-        for record in conn["child_sas"]:
-            if record["established"]:
-                counters[record["serial"]] = (record.get("in_bytes"), record.get("out_bytes"))
-    return counters
+        yield conn
+
+
+def _counters(status, name, client=None):
+    """{serial: (in_bytes, out_bytes)} of the established Child SAs of conn
+    ``name`` (of its instances for ``client`` when it is a template)."""
+    return {record["serial"]: (record.get("in_bytes"), record.get("out_bytes"))
+            for conn in _matching(status, name, client) for record in conn["child_sas"] if record["established"]}
+
+
+def _newest(status, name, client=None):
+    """(newest IKE SA, newest Child SA) pluto names for conn ``name``: the
+    pair it uses (a replaced one may linger beside it)."""
+    for conn in _matching(status, name, client):
+        if conn.get("newest_child_sa"):
+            return conn.get("newest_ike_sa"), conn["newest_child_sa"]
+    return None, None
 
 
 def _moved(before, after, index):
@@ -414,18 +426,51 @@ def _serials(serials):
     return ", ".join("#{}".format(serial) for serial in sorted(serials))
 
 
-def _traffic_problem(peer, ike_sas, child_sas, before, after, reply, timeout):
+def _stale(ike_sas, child_sas, before, after, newest):
+    """The SAs of a replaced pair pluto keeps beside the pair it uses
+    (``newest``: its newest IKE SA and Child SA), as (IKE SAs, Child SAs);
+    None when there is no such pair, or when the extra Child SAs carried
+    traffic during the probe round (then both pairs are in use: a
+    duplicate, not a leftover)."""
+    newest_ike, newest_child = newest
+    extra_children = [serial for serial in child_sas if serial != newest_child]
+    extra_ikes = [serial for serial in ike_sas if serial != newest_ike]
+    if not (extra_children or extra_ikes) or newest_child not in child_sas or newest_ike not in ike_sas:
+        return None
+    for serial in extra_children:
+        single = ({serial: before[serial]} if serial in before else {}), {serial: after[serial]}
+        if _moved(*single, 0) or _moved(*single, 1):
+            return None
+    return extra_ikes, extra_children
+
+
+def _traffic_problem(peer, ike_sas, child_sas, before, after, reply, timeout, newest=(None, None)):
     """Why a tunnel up at the Child level does not carry traffic both ways,
-    or None; and what the probe saw."""
+    or None; what the probe saw; and a note on a replaced pair pluto keeps
+    beside the one it uses (it carries nothing: a warning, not a failure)."""
+    stale = _stale(ike_sas, child_sas, before, after, newest) if len(child_sas) > 1 or len(ike_sas) > 1 else None
+    note = None
+    if stale:
+        # Judge the pair pluto uses; the leftover is only reported.
+        before = {newest[1]: before.get(newest[1], (0, 0))}
+        after = {newest[1]: after[newest[1]]}
+        note = ("a replaced pair pluto keeps but no longer uses ({}; in use: IKE SA #{}, Child SA #{}); "
+                "it carried no traffic. Libreswan 4.x keeps such a pair (an attempt its initiator gave up, "
+                "finished here) until its lifetime ends; ipsec whack --deletestate <serial> removes it".format(
+                    ", ".join(part for part in ("IKE SA " + _serials(stale[0]) if stale[0] else "",
+                                                "Child SA " + _serials(stale[1]) if stale[1] else "") if part),
+                    newest[0], newest[1]))
     out_moved = _moved(before, after, 1)
     in_moved = _moved(before, after, 0)
     seen = {"probes_sent": reply["sent"], "answered": reply["answered"],
             "out_moved": out_moved, "in_moved": in_moved}
-    if len(child_sas) > 1:
+    if note:
+        seen["stale"] = note
+    if len(child_sas) > 1 and not stale:
         return seen, ("{} Child SAs for one tunnel ({}): a duplicate pair left by crossed negotiations; "
                       "each end may send on a Child SA the other no longer uses".format(
                           len(child_sas), _serials(child_sas)))
-    if len(ike_sas) > 1:
+    if len(ike_sas) > 1 and not stale:
         return seen, "{} IKE SAs for one tunnel ({}): a duplicate left by crossed negotiations".format(
             len(ike_sas), _serials(ike_sas))
     if out_moved is None and in_moved is None:
@@ -456,6 +501,7 @@ def traffic(plan, before, after, targets, replies, timeout):
     ways between ``before`` and ``after``."""
     verdict = verify(plan, after, "child")
     no_reply = {"sent": 0, "answered": False, "error": "not probed"}
+    stale = {}  # "conn [client ...]": note on a replaced pair pluto keeps
     by_conn = {}
     for pair, (name, client) in targets.items():
         by_conn.setdefault(name, []).append((pair, client))
@@ -468,21 +514,31 @@ def traffic(plan, before, after, targets, replies, timeout):
             reply = replies.get(pair) or no_reply
             if client is None:
                 seen, problem = _traffic_problem(pair[1], entry.get("ike_sas") or [], entry.get("child_sas") or [],
-                                                 _counters(before, name), _counters(after, name), reply, timeout)
+                                                 _counters(before, name), _counters(after, name), reply, timeout,
+                                                 _newest(after, name))
                 entry["traffic"] = seen
+                label = name
             else:
                 report = entry["clients"][client]
                 seen, problem = _traffic_problem(client, report["ike_sas"], report["child_sas"],
                                                  _counters(before, name, client), _counters(after, name, client),
-                                                 reply, timeout)
+                                                 reply, timeout, _newest(after, name, client))
                 report["traffic"] = seen
                 problem = problem and "client {} ({}): {}".format(client, report["node"], problem)
+                label = "{} client {} ({})".format(name, client, report["node"])
             if problem:
                 problems.append(problem)
+            if seen.get("stale"):
+                stale[label] = seen["stale"]
         if problems:
             entry["ok"] = False
             entry["reason"] = "; ".join(problems)
-    return _summarise(verdict, "traffic")
+    verdict = _summarise(verdict, "traffic")
+    verdict["stale"] = stale
+    if stale:
+        verdict["comment"] += "; {} tunnel(s) keep a replaced pair pluto no longer uses: {}".format(
+            len(stale), "; ".join("{}: {}".format(label, note) for label, note in sorted(stale.items())))
+    return verdict
 
 
 def verify_traffic(plan, read_status, send_probes, timeout=5.0):
