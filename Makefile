@@ -11,7 +11,7 @@ VM_DEBS := $(shell sed -e 's/\#.*//' debian-packages-vm.txt)
 LIBRESWAN_DEBS := $(shell sed -e 's/\#.*//' debian-packages-libreswan.txt)
 PYTEST_ARGS ?=
 
-.PHONY: test check demo bench deps debs venv pth clean salt-lines libreswan-5
+.PHONY: test check demo bench bench-converge deps debs venv pth clean salt-lines libreswan-5
 
 # The whole suite on Salt 3008 (.venv), then the unit and functional tiers
 # again on the other Salt lines FORMULA's minimum_version promises.
@@ -40,6 +40,11 @@ bench: deps
 	$(PY) bench/apply_bench.py
 	$(PY) bench/events_bench.py
 	$(PY) bench/salt_bench.py
+
+# Mesh convergence, both-ends-start against one initiator per tunnel, N = 12
+# and 24 plutos, 5 restart rounds (docs/convergence.md): about 25 minutes.
+bench-converge: deps
+	$(PY) bench/converge_bench.py --nodes 12 24 --rounds 5
 
 deps: debs venv pth
 

@@ -166,25 +166,30 @@ def _salt_call_result(base, process, started, timeout=600):
     return entry
 
 
-def _salt_call(mesh, job_dir, facts):
+def _salt_call(mesh, job_dir, facts, key="salt_call"):
     base = os.path.join(job_dir, "salt-call")
     if not os.path.exists(os.path.join(base, "node")):
         return
-    node_id, process, started = _salt_call_in(mesh, base, "ipsec.verify", "level=child")
+    node_id, process, started = _salt_call_in(mesh, base, "ipsec.verify", "level=traffic")
     entry = _salt_call_result(base, process, started, timeout=300)
     verdict = entry.pop("data", None)
     entry["node"] = node_id
     if isinstance(verdict, dict):
-        entry.update(result=verdict.get("result"), comment=verdict.get("comment"))
-    facts["salt_call"] = entry
+        entry.update(result=verdict.get("result"), comment=verdict.get("comment"), level=verdict.get("level"),
+                     failed=verdict.get("failed"))
+    facts[key] = entry
 
 
-def run(lab, plans, job_dir, timeout=VM_TIMEOUT, prefer_vm=None, salt_call_node="compute-0"):
+def run(lab, plans, job_dir, timeout=VM_TIMEOUT, prefer_vm=None, salt_call_node="compute-0", rounds=None, fault=None):
     """Run the ESP phase for ``lab`` (its workdir holds the formula's files)
     in a VM (or directly on a kernel with ESP). Returns (vm.Result, facts).
-    salt_call_node: also run one real ``salt-call --local ipsec.verify``
-    there (None: skip; ~30 s in the VM)."""
-    write_job(job_dir, plans, {"workdir": lab.workdir, "vip_holder": lab.vip_holder})
+    salt_call_node: also run one real ``salt-call --local ipsec.verify
+    level=traffic`` there (None: skip; ~90 s in the VM). rounds: {"all": n,
+    "one": m}, then that many rounds of disturbing every node at once and
+    one node (labkit.restarts.round_plan); fault: (node, conn) whose inbound ESP state is then
+    deleted, followed by a second salt-call when that is the salt-call node."""
+    write_job(job_dir, plans, {"workdir": lab.workdir, "vip_holder": lab.vip_holder, "rounds": rounds,
+                               "fault": fault})
     if salt_call_node:
         _prepare_salt_call(lab, job_dir, salt_call_node)
     return run_job("labkit.labvm", job_dir, prefer_vm=prefer_vm, timeout=timeout)
@@ -378,6 +383,22 @@ def read_job(job_dir):
     return plans, params
 
 
+def _restart_rounds(mesh, plans, params, job_dir, facts, mark):
+    from labkit import restarts
+    if params.get("rounds"):
+        facts["traffic_level"] = summary(restarts.traffic_verdicts(mesh, plans))
+        mark("traffic_level")
+        for kind, count in sorted(params["rounds"].items()):
+            facts["rounds_" + kind] = restarts.run_rounds(mesh, kind, count, plans)
+            mark("rounds_" + kind)
+    if params.get("fault"):
+        node_id, conn = params["fault"]
+        facts["fault"] = restarts.xfrm_fault(mesh, plans, node_id, conn)
+        mark("fault")
+        _salt_call(mesh, job_dir, facts, key="salt_call_fault")
+        mark("salt_call_fault")
+
+
 def vm_main(job_dir):
     from labkit.mesh import Mesh
     started = time.monotonic()
@@ -407,6 +428,7 @@ def vm_main(job_dir):
         mark("snapshots")
         _salt_call(mesh, job_dir, facts)
         mark("salt_call")
+        _restart_rounds(mesh, plans, params, job_dir, facts, mark)
     except Exception:  # noqa: BLE001 - reported to the host
         facts["error"] = traceback.format_exc()
     finally:
