@@ -6,10 +6,19 @@ outbound to every tunneled network of this node's plan (``ipsec.plan``),
 IPv4 and IPv6. Backend ``nftables`` (default): a table the formula owns,
 ``inet ipsec_formula``; backend ``iptables``: rules at the top of INPUT and
 OUTPUT of iptables/ip6tables, marked with the comment ``ipsec-formula``.
-Pillar: ``ipsec:firewall:manage|backend|table``.
+Pillar: ``ipsec:firewall:manage|backend|table|persist``.
+
+Persistence (``persist``, default true): the same rules are written where
+the distribution loads them at boot. nftables: the formula's table file
+(``lookup:firewall:nft_file``) and one marked ``include`` of it in the
+nftables service's config (``nft_conf``); iptables: a marked block of the
+formula's rules at the top of the filter table of the saved-rules files
+(``iptables_rules_v4``/``_v6``, restored by iptables-persistent or
+iptables-services). Only those lines and that file are the formula's.
 """
 
 import logging
+import os
 
 import salt.utils.path
 from salt.exceptions import CommandExecutionError
@@ -208,3 +217,152 @@ def present(backend="nftables", table="ipsec_formula"):
     if backend == "nftables":
         return [] if _nft_live(table) is None else ["table inet " + table]
     return [" ".join(spec) for family in (4, 6) for spec in _iptables_live(family)]
+
+
+# --- persistence ------------------------------------------------------------
+
+NEW_MODES = {"nft_file": "0644", "nft_conf": "0644", "rules_v4": "0640", "rules_v6": "0640"}
+
+
+def _read_persisted(path):
+    try:
+        return __utils__["ipsec_files.read"](path)
+    except Exception as exc:  # NotRegular or OSError: never followed, never guessed
+        raise CommandExecutionError("ipsec:firewall:persist: {}".format(exc)) from None
+
+
+def _persisted_wanted(firewall, key, old):
+    """The text ``firewall["persist_files"][key]`` should have (None: no
+    file), from its current text ``old``."""
+    utils = __utils__
+    keep = firewall["manage"] and firewall["persist"]
+    if key == "nft_file":
+        if old is not None and not utils["ipsec_fwrules.is_persisted_file"](old):
+            raise CommandExecutionError(
+                "ipsec:lookup:firewall:nft_file: {} exists and is not the formula's (no header of "
+                "ipsec-formula): move it away or point nft_file elsewhere".format(firewall["persist_files"][key]))
+        if not keep:
+            return None
+        return utils["ipsec_fwrules.nft_persisted"](firewall["table"],
+                                                    utils["ipsec_fwrules.desired_rules"](firewall))
+    base = utils["ipsec_files.unedit"](old)
+    if keep and key == "nft_conf":
+        new = utils["ipsec_files.edit_nft_conf"](base, firewall["persist_files"]["nft_file"])
+    elif keep:
+        family = 4 if key == "rules_v4" else 6
+        rules = utils["ipsec_fwrules.rules_by_family"](utils["ipsec_fwrules.desired_rules"](firewall))[family]
+        new = utils["ipsec_files.edit_saved_rules"](base, utils["ipsec_fwrules.iptables_saved_lines"](rules))
+    else:
+        new = base
+    # A file only the formula's lines made: it goes with them.
+    return None if new is not None and not new.strip() and old is not None and old.strip() else new
+
+
+def unpersist(backend="nftables", table="ipsec_formula", persist_files=None):
+    """
+    Remove the persisted copy of the formula's rules (its table file, its
+    include line, its block of saved rules); the rest of each file stays
+    byte for byte. Returns what changed, as ``persist_diff``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_firewall.unpersist
+    """
+    firewall = {"manage": False, "persist": False, "backend": backend, "table": table,
+                "persist_files": persist_files or __salt__["ipsec.settings"]()["firewall"]["persist_files"]}
+    return persist(firewall)
+
+
+def persist_diff(firewall=None):
+    """
+    What the persisted copy of the rules needs: ``{path: "write" | "update"
+    | "remove"}``, empty when it is as the plan wants. With
+    ``ipsec:firewall:persist`` (or ``manage``) false, the formula's
+    persisted file and lines are what is removed. Changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_firewall.persist_diff
+    """
+    return {path: action for path, (action, _, _) in _persist_work(firewall).items()}
+
+
+def _persist_work(firewall):
+    """{path: (action, new text, mode)} of every persisted file to change."""
+    firewall = firewall or __salt__["ipsec.build"]()["firewall"]
+    work = {}
+    for key, path in sorted(firewall["persist_files"].items()):
+        old, mode = _read_persisted(path)
+        new = _persisted_wanted(firewall, key, old)
+        if new == old or (old is None and not new):
+            continue
+        action = "remove" if new is None else ("write" if old is None else "update")
+        work[path] = (action, new, mode or NEW_MODES[key])
+    return work
+
+
+def persist(firewall=None):
+    """
+    Make the persisted copy of the rules match the plan, all files in one
+    transaction (on failure none changes). Returns what changed, as
+    ``persist_diff``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_firewall.persist
+    """
+    work = _persist_work(firewall)
+    if not work:
+        return {}
+    txn = __utils__["ipsec_files.transaction"]()
+    for path, (action, text, mode) in work.items():
+        if action == "remove":
+            txn.remove(path)
+        else:
+            txn.stage(path, text, mode)
+    try:
+        txn.apply()
+    except Exception as exc:  # rolled back: nothing changed
+        txn.rollback()
+        raise CommandExecutionError("writing the persisted firewall rules failed: {}".format(exc)) from None
+    txn.commit()
+    return {path: action for path, (action, _, _) in work.items()}
+
+
+def check_persist(firewall=None):
+    """
+    Problems that would stop the rules from being persisted (before the
+    formula writes its first file): a missing directory (the persistence
+    package not installed), a symlink, a foreign file. Empty when all is
+    well.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_firewall.check_persist
+    """
+    firewall = firewall or __salt__["ipsec.build"]()["firewall"]
+    if not (firewall["manage"] and firewall["persist"]):
+        return []
+    problems = []
+    for key, path in sorted(firewall["persist_files"].items()):
+        if not os.path.isdir(os.path.dirname(path)):
+            problems.append("ipsec:firewall:persist: {} does not exist (lookup:firewall:{}): install {} or set "
+                            "ipsec:firewall:persist to false".format(
+                                os.path.dirname(path), key if key.startswith("nft") else "iptables_" + key,
+                                "nftables" if key.startswith("nft") else
+                                "iptables-persistent (Debian) or iptables-services (RedHat)"))
+            continue
+        try:
+            _persisted_wanted(firewall, key, _read_persisted(path)[0])
+        except CommandExecutionError as exc:
+            problems.append(str(exc))
+    return problems
+

@@ -219,6 +219,7 @@ def _checks(plan, work, firewall):
     if firewall and plan["firewall"]["manage"]:
         try:
             problems += __salt__["ipsec_firewall.check"]()
+            problems += __salt__["ipsec_firewall.check_persist"]()
         except CommandExecutionError as exc:
             problems.append(str(exc))
     return problems

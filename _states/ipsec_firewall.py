@@ -15,8 +15,10 @@ def __virtual__():
 
 def managed(name, **kwargs):
     """
-    Accept IKE, NAT-T, ESP and AH for every tunneled network of the plan.
-    With ``ipsec:firewall:manage: false`` nothing is done.
+    Accept IKE, NAT-T, ESP and AH for every tunneled network of the plan,
+    and (``ipsec:firewall:persist``, default true) keep the same rules where
+    the distribution loads them at boot. With ``ipsec:firewall:manage:
+    false`` nothing is done.
 
     .. code-block:: yaml
 
@@ -30,25 +32,36 @@ def managed(name, **kwargs):
             ret["comment"] = "firewall not managed (ipsec:firewall:manage is false)"
             return ret
         found = __salt__["ipsec_firewall.diff"](firewall)
-        if found["in_place"]:
-            ret["comment"] = "{} rules in place ({})".format(
-                len(__salt__["ipsec_firewall.rules"]()), found["backend"])
+        persisted = __salt__["ipsec_firewall.persist_diff"](firewall)
+        if found["in_place"] and not persisted:
+            ret["comment"] = "{} rules in place ({}){}".format(
+                len(__salt__["ipsec_firewall.rules"]()), found["backend"],
+                ", persisted" if firewall["persist"] else "")
             return ret
-        changes = {"backend": found["backend"], "add": found["add"], "remove": found["remove"]}
+        changes = {}
+        if not found["in_place"]:
+            changes.update(backend=found["backend"], add=found["add"], remove=found["remove"])
+        if persisted:
+            changes["persisted"] = persisted
         if __opts__["test"]:
             ret.update(result=None, changes=changes, comment="firewall rules would change")
             return ret
-        __salt__["ipsec_firewall.apply"](firewall)
+        if not found["in_place"]:
+            __salt__["ipsec_firewall.apply"](firewall)
+        if persisted:
+            __salt__["ipsec_firewall.persist"](firewall)
         ret.update(changes=changes, comment="firewall rules updated")
     except (SaltInvocationError, CommandExecutionError) as exc:
         ret.update(result=False, comment=str(exc))
     return ret
 
 
-def absent(name, backend="nftables", table="ipsec_formula", **kwargs):
+def absent(name, backend="nftables", table="ipsec_formula", persist_files=None, **kwargs):
     """
     Remove the formula's firewall rules: its nftables table, or its
-    ``ipsec-formula``-commented iptables rules. Other rules stay.
+    ``ipsec-formula``-commented iptables rules, and their persisted copy
+    (its table file, its include line, its block of saved rules; pass the
+    settings' ``persist_files``). Other rules and lines stay.
 
     .. code-block:: yaml
 
@@ -59,14 +72,27 @@ def absent(name, backend="nftables", table="ipsec_formula", **kwargs):
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
         present = __salt__["ipsec_firewall.present"](backend=backend, table=table)
-        if not present:
+        unpersisted = {}
+        if persist_files:
+            unpersisted = __salt__["ipsec_firewall.persist_diff"](
+                {"manage": False, "persist": False, "backend": backend, "table": table,
+                 "persist_files": persist_files})
+        if not present and not unpersisted:
             ret["comment"] = "no firewall rules of the formula"
             return ret
+        changes = {}
+        if present:
+            changes["removed"] = present
+        if unpersisted:
+            changes["persisted"] = unpersisted
         if __opts__["test"]:
-            ret.update(result=None, changes={"removed": present}, comment="firewall rules would be removed")
+            ret.update(result=None, changes=changes, comment="firewall rules would be removed")
             return ret
-        removed = __salt__["ipsec_firewall.remove"](backend=backend, table=table)
-        ret.update(changes={"removed": removed}, comment="firewall rules removed")
+        if present:
+            changes["removed"] = __salt__["ipsec_firewall.remove"](backend=backend, table=table)
+        if unpersisted:
+            __salt__["ipsec_firewall.unpersist"](backend=backend, table=table, persist_files=persist_files)
+        ret.update(changes=changes, comment="firewall rules removed")
     except (SaltInvocationError, CommandExecutionError) as exc:
         ret.update(result=False, comment=str(exc))
     return ret

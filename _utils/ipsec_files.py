@@ -192,6 +192,15 @@ def edit_conf(original, config_setup, config_dir):
     return "".join(out)
 
 
+def _append_block(text, lines):
+    """``text`` with ``lines`` appended in one marked block."""
+    opening = BEGIN
+    if text and not text.endswith("\n"):
+        text += "\n"
+        opening = BEGIN_AFTER_NOEOL
+    return text + opening + "\n" + "".join(lines) + END + "\n"
+
+
 def edit_secrets(original, config_dir):
     """``ipsec.secrets`` including the formula's secrets files: an existing
     include of ``<config_dir>/*.secrets`` (Debian's and RHEL's default) is
@@ -200,11 +209,40 @@ def edit_secrets(original, config_dir):
     text = original or ""
     if any(_include_target(line) == include.split()[1] for line in text.splitlines()):
         return text
-    opening = BEGIN
-    if text and not text.endswith("\n"):
-        text += "\n"
-        opening = BEGIN_AFTER_NOEOL
-    return text + opening + "\n" + include + "\n" + END + "\n"
+    return _append_block(text, [include + "\n"])
+
+
+# --- the persisted firewall (ipsec:firewall:persist) ------------------------
+
+def edit_nft_conf(original, path):
+    """The nftables service's config (``original`` without the formula's
+    edits, None: no file) with one marked ``include`` of the formula's table
+    file at the end, after the operator's ``flush ruleset`` and tables."""
+    include = 'include "{}"'.format(path)
+    text = original or ""
+    if any(line.strip() == include for line in text.splitlines()):
+        return text
+    return _append_block(text, [include + "\n"])
+
+
+def edit_saved_rules(original, lines):
+    """An ``iptables-save`` file (what the distribution's iptables service
+    restores at boot; ``original`` without the formula's edits) with the
+    formula's rule ``lines`` first in its filter table, in one marked
+    block, as ``-I`` puts them at run time. No file, or no filter table in
+    it: the block brings its own ``*filter`` and ``COMMIT``."""
+    text = original or ""
+    if not lines:
+        return text
+    out = text.splitlines(True)
+    for index, line in enumerate(out):
+        if line.strip() == "*filter" and line.endswith("\n"):
+            end = index + 1
+            while end < len(out) and out[end].startswith(":") and out[end].endswith("\n"):
+                end += 1
+            return "".join(out[:end] + [BEGIN + "\n"] + [rule + "\n" for rule in lines] + [END + "\n"]
+                           + out[end:])
+    return _append_block(text, ["*filter\n"] + [rule + "\n" for rule in lines] + ["COMMIT\n"])
 
 
 # --- the manifest of the formula's own tunnel files and conns --------------

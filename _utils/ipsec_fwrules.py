@@ -147,3 +147,27 @@ def describe(rule):
     chain, family, cidr, proto, port = rule
     return "{} {} {}{}".format(chain, "from" if chain == "input" else "to", cidr,
                                " {} {}".format(proto, port) if port else " " + proto)
+
+
+# --- persistence --------------------------------------------------------------
+
+PERSIST_HEADER = ("# Managed by Salt (ipsec-formula): its firewall table, included by the nftables\n"
+                  "# service's config so it is loaded at boot. ipsec.clean removes it.\n")
+
+
+def nft_persisted(table, rules):
+    """The formula's nftables file: the very script it loads at run time,
+    replacing the table whole, so loading it again (a reload without
+    ``flush ruleset``) never doubles a rule."""
+    return PERSIST_HEADER + nft_script(table, rules, replace=True)
+
+
+def is_persisted_file(text):
+    """Whether ``text`` is a table file the formula wrote."""
+    return text.startswith(PERSIST_HEADER)
+
+
+def iptables_saved_lines(rules):
+    """The rules as ``iptables-save`` lists them (one text line each)."""
+    return [" ".join(iptables_line(rule)) for rule in rules]
+

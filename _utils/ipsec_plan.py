@@ -57,9 +57,25 @@ DEFAULT_LOOKUP = {
         "agent": "vip-tunnel",
         "cib_file": None,
     },
+    # Where the rules persist across a reboot (ipsec:firewall:persist): the
+    # nftables service loads nft_conf, which gets one include of nft_file
+    # (the formula's table); with iptables, the files iptables-persistent
+    # (netfilter-persistent) restores, the formula's rules in a marked block.
+    "firewall": {
+        "nft_conf": "/etc/nftables.conf",
+        "nft_file": "/etc/ipsec-formula.nft",
+        "nft_service": "nftables",
+        "iptables_rules_v4": "/etc/iptables/rules.v4",
+        "iptables_rules_v6": "/etc/iptables/rules.v6",
+    },
 }
 OS_FAMILY_LOOKUP = {
-    "RedHat": {"nss_dir": "/etc/ipsec.d"},
+    # nftables.service loads /etc/sysconfig/nftables.conf, whose examples
+    # include files of /etc/nftables; iptables-services restores these two.
+    "RedHat": {"nss_dir": "/etc/ipsec.d",
+               "firewall": {"nft_conf": "/etc/sysconfig/nftables.conf", "nft_file": "/etc/nftables/ipsec-formula.nft",
+                            "iptables_rules_v4": "/etc/sysconfig/iptables",
+                            "iptables_rules_v6": "/etc/sysconfig/ip6tables"}},
     "Suse": {"nss_dir": "/etc/ipsec.d"},
 }
 LOOKUP_PATHS = ("config_file", "secrets_file", "config_dir", "nss_dir", "rundir", "ctlsocket",
@@ -72,6 +88,8 @@ LOOKUP_SECTIONS = {
     "service": {"name": LOOKUP_NAME_RE, "manage": "flag"},
     "pacemaker": {"ocf_root": "path", "provider": LOOKUP_NAME_RE, "agent": LOOKUP_NAME_RE,
                   "cib_file": "path?"},
+    "firewall": {"nft_conf": "path", "nft_file": "path", "nft_service": LOOKUP_NAME_RE,
+                 "iptables_rules_v4": "path", "iptables_rules_v6": "path"},
 }
 PILLAR_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 ADDRESS_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}")
@@ -113,12 +131,13 @@ KNOWN_KEYS = {
     "mine": {"target", "tgt_type", "function"},
     "cluster": {"nodes", "grain", "detect"},
     "pacemaker": {"manage", "resource_prefix", "vip_resource", "apply_from", "monitor_interval"},
-    "firewall": {"manage", "backend", "table"},
+    "firewall": {"manage", "backend", "table", "persist"},
     "clean": {"remove_package"},
     "lookup": set(DEFAULT_LOOKUP),
     "lookup:pkg": set(DEFAULT_LOOKUP["pkg"]),
     "lookup:service": set(DEFAULT_LOOKUP["service"]),
     "lookup:pacemaker": set(DEFAULT_LOOKUP["pacemaker"]),
+    "lookup:firewall": set(DEFAULT_LOOKUP["firewall"]),
 }
 
 # Keywords that carry the tunnel's identity: overriding them would make the
@@ -762,6 +781,7 @@ def parse_firewall(conf, warnings):
         fail("firewall:backend", "{!r} must be nftables or iptables".format(_short(backend)))
     return {
         "manage": _flag(firewall.get("manage"), "firewall:manage", True),
+        "persist": _flag(firewall.get("persist"), "firewall:persist", True),
         "backend": backend,
         "table": _pattern(firewall.get("table", "ipsec_formula"), "firewall:table", TABLE_RE,
                           "must be 1-32 letters, digits or '_', starting with a letter"),
@@ -848,6 +868,19 @@ def parse_mine(conf, warnings):
     }
 
 
+def _persistence(conf, paths):
+    """Where the backend's rules persist (the lookup's paths for the
+    backend), and the service that loads them at boot (nftables only: the
+    nftables package ships it; iptables-persistent or iptables-services is
+    the operator's choice, docs/operations.md)."""
+    backend = (conf.get("firewall") or {}).get("backend", "nftables")
+    if backend == "nftables":
+        return {"persist_files": {"nft_conf": paths["nft_conf"], "nft_file": paths["nft_file"]},
+                "persist_service": paths["nft_service"]}
+    return {"persist_files": {"rules_v4": paths["iptables_rules_v4"], "rules_v6": paths["iptables_rules_v6"]},
+            "persist_service": None}
+
+
 def parse_libreswan_version(conf):
     """``ipsec:libreswan_version`` ("5.2"): (version text, major) or None."""
     pinned = conf.get("libreswan_version")
@@ -865,10 +898,11 @@ def parse_settings(conf, os_family=None, warnings=None):
     pacemaker, clean)."""
     conf = _mapping(conf, "")
     warnings = [] if warnings is None else warnings
+    lookup = parse_lookup(conf, os_family, warnings)
     return {
         "prefix": _name(conf.get("prefix", DEFAULT_PREFIX), "prefix", "prefix"),
-        "lookup": parse_lookup(conf, os_family, warnings),
-        "firewall": parse_firewall(conf, warnings),
+        "lookup": lookup,
+        "firewall": dict(parse_firewall(conf, warnings), **_persistence(conf, lookup["firewall"])),
         "pacemaker": parse_pacemaker(conf, warnings),
         "clean": parse_clean(conf, warnings),
         "mine": parse_mine(conf, warnings),

@@ -5,7 +5,7 @@
 #   resource agent; its conns from the running pluto, its tunnel files and
 #   manifest, its lines in ipsec.conf and ipsec.secrets (what its manifest
 #   and markers say it wrote, never a name pattern); its firewall table or
-#   rules.
+#   rules and their persisted copy (its table file, its marked lines).
 # Optionally (ipsec:clean:remove_package) the service and package too.
 # Works with an invalid pillar: it reads only the validated settings
 # (ipsec.settings: prefix, lookup, firewall, pacemaker, clean), never the plan.
@@ -33,6 +33,7 @@ ipsec-clean-firewall-absent:
   ipsec_firewall.absent:
     - backend: {{ settings.firewall.backend }}
     - table: {{ settings.firewall.table }}
+    - persist_files: {{ settings.firewall.persist_files | json }}
 {%- endif %}
 
 {%- if settings.clean.remove_package %}

@@ -58,7 +58,8 @@ class Pluto:
         self.ctlsocket = os.path.join(self.rundir, "pluto.ctl")
         self.logfile = os.path.join(self.root, "pluto.log")
         self.process = None
-        for path in (self.config_dir, self.nss_dir, self.rundir):
+        # etc/iptables: where iptables-persistent keeps its saved rules.
+        for path in (self.config_dir, self.nss_dir, self.rundir, os.path.join(self.root, "etc", "iptables")):
             os.makedirs(path, exist_ok=True)
 
     def lookup(self):
@@ -72,6 +73,13 @@ class Pluto:
             "nss_dir": self.nss_dir,
             "rundir": self.rundir,
             "ctlsocket": self.ctlsocket,
+            # The persisted firewall too stays in this instance's root.
+            "firewall": {
+                "nft_conf": os.path.join(self.root, "etc", "nftables.conf"),
+                "nft_file": os.path.join(self.root, "etc", "ipsec-formula.nft"),
+                "iptables_rules_v4": os.path.join(self.root, "etc", "iptables", "rules.v4"),
+                "iptables_rules_v6": os.path.join(self.root, "etc", "iptables", "rules.v6"),
+            },
         }, **self.libreswan.lookup())
 
     def _cmd(self, cmd):

@@ -31,7 +31,7 @@ def full_pillar():
         cluster={"nodes": ["controller-0", "controller-1"]},
         pacemaker={"manage": True, "resource_prefix": "tripleo-ipsec", "vip_resource": "ip-{address}",
                    "apply_from": "controller-0", "monitor_interval": "10s"},
-        firewall={"manage": True, "backend": "nftables", "table": "ipsec_formula"},
+        firewall={"manage": True, "backend": "nftables", "table": "ipsec_formula", "persist": True},
         clean={"remove_package": False},
         mine={"target": "*", "tgt_type": "glob", "function": "ipsec.addresses"},
         beacon={"enabled": True, "level": "ike"},
@@ -43,6 +43,7 @@ def full_pillar():
                              if not isinstance(value, dict)})
     pillar["lookup"]["pkg"] = dict(ipsec_plan.DEFAULT_LOOKUP["pkg"])
     pillar["lookup"]["service"] = dict(ipsec_plan.DEFAULT_LOOKUP["service"])
+    pillar["lookup"]["firewall"] = dict(ipsec_plan.DEFAULT_LOOKUP["firewall"])
     pillar["lookup"]["pacemaker"].update(ocf_root="/usr/lib/ocf", provider="ipsec-formula", agent="vip-tunnel")
     return pillar
 
@@ -152,6 +153,8 @@ def test_lookup_paths_are_absolute_normalised_and_plain(name, value):
     ("pacemaker", "agent", "../../../../file"), ("pacemaker", "provider", "a/b"),
     ("pacemaker", "ocf_root", "usr/lib/ocf"), ("pkg", "name", "-libreswan"), ("service", "name", "ipsec;id"),
     ("pkg", "manage", "false"), ("service", "manage", "no"),
+    ("firewall", "nft_conf", "etc/nftables.conf"), ("firewall", "nft_file", "/etc/x.nft\n"),
+    ("firewall", "nft_service", "nftables;reboot"), ("firewall", "iptables_rules_v4", "/etc/iptables/../x y"),
 ])
 def test_lookup_names_and_flags(section, name, value):
     pillar = examples.pillar(lookup={section: {name: value}})
@@ -160,7 +163,8 @@ def test_lookup_names_and_flags(section, name, value):
 
 
 @pytest.mark.parametrize("key,value", [
-    ("clean", {"remove_package": "false"}), ("firewall", {"manage": "false"}), ("pacemaker", {"manage": 1}),
+    ("clean", {"remove_package": "false"}), ("firewall", {"manage": "false"}), ("firewall", {"persist": "no"}),
+    ("pacemaker", {"manage": 1}),
     ("cluster", {"detect": "yes"}),
 ])
 def test_booleans_are_typed(key, value):
