@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # The whole suite on Salt 3008 (.venv), then the unit and functional tiers
 # again on the other Salt lines FORMULA's minimum_version promises.
 test: deps salt-lines-venvs libreswan-5
-	$(PY) -m pytest $(PYTEST_ARGS) test
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS) test
 	$(MAKE) --no-print-directory salt-lines
 
 # The vendored Libreswan 5.3.2 (../shared/vendor) for the 5.x test tier, built
