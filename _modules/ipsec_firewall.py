@@ -221,7 +221,8 @@ def present(backend="nftables", table="ipsec_formula"):
 
 # --- persistence ------------------------------------------------------------
 
-NEW_MODES = {"nft_file": "0644", "nft_conf": "0644", "rules_v4": "0640", "rules_v6": "0640"}
+# Modes of files the formula creates (an existing file keeps its own).
+NEW_MODES = {"nft_file": "0644", "nft_conf": "0644", "iptables_rules_v4": "0640", "iptables_rules_v6": "0640"}
 
 
 def _read_persisted(path):
@@ -249,30 +250,32 @@ def _persisted_wanted(firewall, key, old):
     if keep and key == "nft_conf":
         new = utils["ipsec_files.edit_nft_conf"](base, firewall["persist_files"]["nft_file"])
     elif keep:
-        family = 4 if key == "rules_v4" else 6
+        family = 4 if key == "iptables_rules_v4" else 6
         rules = utils["ipsec_fwrules.rules_by_family"](utils["ipsec_fwrules.desired_rules"](firewall))[family]
         new = utils["ipsec_files.edit_saved_rules"](base, utils["ipsec_fwrules.iptables_saved_lines"](rules))
     else:
         new = base
-    # A file only the formula's lines made: it goes with them.
-    return None if new is not None and not new.strip() and old is not None and old.strip() else new
+    if old and old.strip() and not (new or "").strip():
+        return None  # a file only the formula's lines made goes with them
+    return new
 
 
-def unpersist(backend="nftables", table="ipsec_formula", persist_files=None):
+def unpersist(backend="nftables", table="ipsec_formula", persist_files=None, test=False):
     """
     Remove the persisted copy of the formula's rules (its table file, its
     include line, its block of saved rules); the rest of each file stays
-    byte for byte. Returns what changed, as ``persist_diff``.
+    byte for byte. Returns what changed (with ``test``: what would), as
+    ``persist_diff``.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt '*' ipsec_firewall.unpersist
+        salt '*' ipsec_firewall.unpersist test=True
     """
     firewall = {"manage": False, "persist": False, "backend": backend, "table": table,
                 "persist_files": persist_files or __salt__["ipsec.settings"]()["firewall"]["persist_files"]}
-    return persist(firewall)
+    return persist_diff(firewall) if test else persist(firewall)
 
 
 def persist_diff(firewall=None):
@@ -356,8 +359,7 @@ def check_persist(firewall=None):
         if not os.path.isdir(os.path.dirname(path)):
             problems.append("ipsec:firewall:persist: {} does not exist (lookup:firewall:{}): install {} or set "
                             "ipsec:firewall:persist to false".format(
-                                os.path.dirname(path), key if key.startswith("nft") else "iptables_" + key,
-                                "nftables" if key.startswith("nft") else
+                                os.path.dirname(path), key, "nftables" if key.startswith("nft") else
                                 "iptables-persistent (Debian) or iptables-services (RedHat)"))
             continue
         try:

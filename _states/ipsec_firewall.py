@@ -74,9 +74,8 @@ def absent(name, backend="nftables", table="ipsec_formula", persist_files=None, 
         present = __salt__["ipsec_firewall.present"](backend=backend, table=table)
         unpersisted = {}
         if persist_files:
-            unpersisted = __salt__["ipsec_firewall.persist_diff"](
-                {"manage": False, "persist": False, "backend": backend, "table": table,
-                 "persist_files": persist_files})
+            unpersisted = __salt__["ipsec_firewall.unpersist"](backend=backend, table=table,
+                                                                persist_files=persist_files, test=True)
         if not present and not unpersisted:
             ret["comment"] = "no firewall rules of the formula"
             return ret

@@ -170,4 +170,3 @@ def is_persisted_file(text):
 def iptables_saved_lines(rules):
     """The rules as ``iptables-save`` lists them (one text line each)."""
     return [" ".join(iptables_line(rule)) for rule in rules]
-

@@ -868,16 +868,15 @@ def parse_mine(conf, warnings):
     }
 
 
-def _persistence(conf, paths):
+def _persistence(backend, paths):
     """Where the backend's rules persist (the lookup's paths for the
-    backend), and the service that loads them at boot (nftables only: the
-    nftables package ships it; iptables-persistent or iptables-services is
-    the operator's choice, docs/operations.md)."""
-    backend = (conf.get("firewall") or {}).get("backend", "nftables")
+    backend, under the lookup's names), and the service that loads them at
+    boot (nftables only: the nftables package ships it; iptables-persistent
+    or iptables-services is the operator's choice, docs/operations.md)."""
     if backend == "nftables":
-        return {"persist_files": {"nft_conf": paths["nft_conf"], "nft_file": paths["nft_file"]},
+        return {"persist_files": {name: paths[name] for name in ("nft_conf", "nft_file")},
                 "persist_service": paths["nft_service"]}
-    return {"persist_files": {"rules_v4": paths["iptables_rules_v4"], "rules_v6": paths["iptables_rules_v6"]},
+    return {"persist_files": {name: paths[name] for name in ("iptables_rules_v4", "iptables_rules_v6")},
             "persist_service": None}
 
 
@@ -899,10 +898,12 @@ def parse_settings(conf, os_family=None, warnings=None):
     conf = _mapping(conf, "")
     warnings = [] if warnings is None else warnings
     lookup = parse_lookup(conf, os_family, warnings)
+    firewall = parse_firewall(conf, warnings)
+    firewall.update(_persistence(firewall["backend"], lookup["firewall"]))
     return {
         "prefix": _name(conf.get("prefix", DEFAULT_PREFIX), "prefix", "prefix"),
         "lookup": lookup,
-        "firewall": dict(parse_firewall(conf, warnings), **_persistence(conf, lookup["firewall"])),
+        "firewall": firewall,
         "pacemaker": parse_pacemaker(conf, warnings),
         "clean": parse_clean(conf, warnings),
         "mine": parse_mine(conf, warnings),

@@ -448,7 +448,7 @@ def _traffic_problem(peer, ike_sas, child_sas, before, after, reply, timeout, ne
     """Why a tunnel up at the Child level does not carry traffic both ways,
     or None; what the probe saw; and a note on a replaced pair pluto keeps
     beside the one it uses (it carries nothing: a warning, not a failure)."""
-    stale = _stale(ike_sas, child_sas, before, after, newest) if len(child_sas) > 1 or len(ike_sas) > 1 else None
+    stale = _stale(ike_sas, child_sas, before, after, newest)
     note = None
     if stale:
         # Judge the pair pluto uses; the leftover is only reported.
