@@ -19,7 +19,10 @@ if [ ! -r "$tarball" ]; then
     echo "build-libreswan: no source tarball at $tarball" >&2
     exit 1
 fi
-sum="$(sha256sum "$tarball" | cut -d' ' -f1)"
+# The stamp names the tarball and the build's options (a change of either
+# rebuilds).
+build_format=2
+sum="$(sha256sum "$tarball" | cut -d' ' -f1) $build_format"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ] && [ -x "$prefix/sbin/ipsec" ]; then
     echo "$prefix"
     exit 0
@@ -40,8 +43,13 @@ tar -xzf "$tarball" -C "$prefix.src" --strip-components=1
 # The options leave out what the tests do not use and the machine lacks
 # (DNSSEC, seccomp, labeled IPsec, PAM, audit); documented in
 # ../shared/vendor/README.md.
+# INSTALL_INITSYSTEM=false and the two systemd directories keep
+# install-base inside PREFIX: by default it writes ipsec.service and
+# tmpfiles.d/libreswan.conf over the distribution's own (pointing the
+# system's ipsec.service at this test build) and runs daemon-reload.
 opts=(PREFIX="$prefix" USE_DNSSEC=false USE_SECCOMP=false USE_LABELED_IPSEC=false
-      USE_AUTHPAM=false USE_LINUX_AUDIT=false)
+      USE_AUTHPAM=false USE_LINUX_AUDIT=false INSTALL_INITSYSTEM=false
+      SYSTEMUNITDIR="$prefix/lib/systemd/system" SYSTEMTMPFILESDIR="$prefix/lib/tmpfiles.d")
 echo "build-libreswan: building $version into $prefix (log: $prefix.log)" >&2
 if ! { make -C "$prefix.src" -j"$(nproc)" base "${opts[@]}" &&
        make -C "$prefix.src" install-base "${opts[@]}"; } >"$prefix.log" 2>&1; then
