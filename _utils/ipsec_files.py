@@ -31,6 +31,9 @@ END = "# END ipsec-formula"
 BEGIN_AFTER_NOEOL = BEGIN + " (newline added before)"
 DISABLED = "#ipsec-formula-disabled: "
 MANIFEST_NAME = ".ipsec-formula.json"
+# The services the formula enabled at boot (they were disabled before it):
+# ipsec.clean disables exactly these again (_states/ipsec_units.py).
+UNITS_RECORD_NAME = ".ipsec-formula-units.json"
 HEADER_MARK = "# Managed by Salt (ipsec-formula)."
 TEMP_PREFIX = ".ipsec-formula-"
 
@@ -249,6 +252,26 @@ def edit_saved_rules(original, lines):
 
 def manifest_path(config_dir):
     return os.path.join(config_dir, MANIFEST_NAME)
+
+
+def units_record_path(config_dir):
+    return os.path.join(config_dir, UNITS_RECORD_NAME)
+
+
+def load_units_record(config_dir):
+    """The services the formula enabled (sorted names; [] when none)."""
+    try:
+        text, _ = read(units_record_path(config_dir))
+    except NotRegular:
+        text = None
+    try:
+        return sorted(str(name) for name in json.loads(text or "{}").get("enabled", []))
+    except (ValueError, AttributeError):
+        return []
+
+
+def units_record_text(names):
+    return json.dumps({"written_by": MARK, "enabled": sorted(set(names))}, indent=1, sort_keys=True) + "\n"
 
 
 def load_manifest(config_dir, prefix):

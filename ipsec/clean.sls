@@ -5,7 +5,8 @@
 #   resource agent; its conns from the running pluto, its tunnel files and
 #   manifest, its lines in ipsec.conf and ipsec.secrets (what its manifest
 #   and markers say it wrote, never a name pattern); its firewall table or
-#   rules and their persisted copy (its table file, its marked lines).
+#   rules and their persisted copy (its table file, its marked lines);
+#   the services it enabled at boot (ipsec, nftables: disabled again).
 # Optionally (ipsec:clean:remove_package) the service and package too.
 # Works with an invalid pillar: it reads only the validated settings
 # (ipsec.settings: prefix, lookup, firewall, pacemaker, clean), never the plan.
@@ -34,6 +35,18 @@ ipsec-clean-firewall-absent:
     - backend: {{ settings.firewall.backend }}
     - table: {{ settings.firewall.table }}
     - persist_files: {{ settings.firewall.persist_files | json }}
+{%- endif %}
+
+{%- if lookup.service.manage %}
+# The services the formula enabled at boot (ipsec, nftables), disabled
+# again; pluto stopped if the formula had enabled it. nftables.service is
+# never stopped: its stop flushes the whole ruleset.
+ipsec-clean-units-restored:
+  ipsec_units.restored:
+    - config_dir: {{ lookup.config_dir }}
+    - stop: [{{ lookup.service.name }}]
+    - require:
+      - ipsec-clean-tunnels-absent
 {%- endif %}
 
 {%- if settings.clean.remove_package %}

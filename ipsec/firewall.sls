@@ -23,8 +23,9 @@ ipsec-firewall-managed:
 {%- if firewall.manage and firewall.persist and firewall.persist_service and lookup.service.manage %}
 
 ipsec-firewall-persist-service-enabled:
-  service.enabled:
+  ipsec_units.enabled:
     - name: {{ firewall.persist_service }}
+    - config_dir: {{ lookup.config_dir }}
     - require:
       - ipsec-firewall-managed
 {%- endif %}

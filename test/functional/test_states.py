@@ -297,7 +297,11 @@ def test_default_lookup_renders_package_nss_and_service(salt_node):
     assert "installed" in data["ipsec-package-installed"]["pkg"]
     assert {"name": "libreswan"} in data["ipsec-package-installed"]["pkg"]
     service = data["ipsec-service-running"]["service"]
-    assert "running" in service and {"name": "ipsec"} in service and {"enable": True} in service
+    assert "running" in service and {"name": "ipsec"} in service
+    # Enabled through the formula's own state, which records that it did
+    # (ipsec.clean gives it back).
+    enabled = data["ipsec-service-enabled"]["ipsec_units"]
+    assert "enabled" in enabled and {"name": "ipsec"} in enabled and {"config_dir": "/etc/ipsec.d"} in enabled
     watch = [item["watch"] for item in service if isinstance(item, dict) and "watch" in item][0]
     require = [item["require"] for item in service if isinstance(item, dict) and "require" in item][0]
     # Hitless: tunnel changes go to the running pluto, only `config setup`
