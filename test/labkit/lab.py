@@ -125,18 +125,8 @@ class Lab:
         flags = {None: [], "glob": [], "list": ["-L"]}[tgt_type]
         cmd = ["ip", "netns", "exec", self.switch.name, os.path.join(BIN, "salt"), "-c", self.master_dir,
                "--out=json", "--timeout={}".format(timeout)] + flags + [target, function] + list(args)
-        # Not --static: with it, salt 3008 exits 0 even when a minion
-        # returns a non-zero retcode. Without it, one JSON document per minion.
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60)
-        data, text, decoder = {}, result.stdout.strip(), json.JSONDecoder()
-        try:
-            while text:
-                part, end = decoder.raw_decode(text)
-                data.update(part)
-                text = text[end:].lstrip()
-        except (ValueError, TypeError, AttributeError):
-            data = None
-        return result.returncode, data
+        return result.returncode, saltenv.parse_cli_json(result.stdout)
 
     def write_example_pillar(self, network_options=None):
         """The example's ``ipsec`` pillar, peers from the mine

@@ -82,6 +82,23 @@ def node_grains(addresses):
     }
 
 
+def parse_cli_json(text):
+    """``salt --out=json`` output without --static (one JSON document per
+    minion; with --static, salt 3008 exits 0 even when a minion returns a
+    non-zero retcode) merged into {minion: return}; None when unreadable."""
+    import json
+
+    data, text, decoder = {}, text.strip(), json.JSONDecoder()
+    try:
+        while text:
+            part, end = decoder.raw_decode(text)
+            data.update(part)
+            text = text[end:].lstrip()
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return data
+
+
 def call_in_netns(cli, netns_name, *args):
     """Run a pytest-salt-factories salt-call CLI inside a namespace, so what
     the formula does to the network (firewall) stays there.

@@ -69,7 +69,7 @@ DEBIAN_PACKAGES = ("qemu-system-x86", "busybox-static", "kmod", "cpio")
 QEMU = "qemu-system-x86_64"
 BUSYBOX = "/bin/busybox"
 # Bump when the layout of a cached build changes (forces a rebuild).
-BUILD_FORMAT = 3
+BUILD_FORMAT = 4
 
 # The part of the kernel's module tree the cache keeps (paths under
 # kernel/, a trailing / means the whole directory), plus whatever those
@@ -80,6 +80,8 @@ KEEP_MODULES = (
     "arch/", "block/", "crypto/", "lib/", "mm/", "net/", "virt/",
     "fs/9p/", "fs/netfs/", "fs/fscache/", "fs/overlayfs/", "fs/fuse/", "fs/nls/", "fs/configfs/",
     "fs/binfmt_misc.ko",
+    # The systemd VM's persistent disk (boot_systemd) and what systemd loads.
+    "fs/ext4/", "fs/jbd2/", "fs/mbcache.ko", "fs/autofs/",
     "drivers/virtio/", "drivers/char/hw_random/",
     "drivers/block/loop.ko", "drivers/block/brd.ko", "drivers/block/virtio_blk.ko",
     "drivers/net/bonding/", "drivers/net/ipvlan/", "drivers/net/team/", "drivers/net/vxlan/",
@@ -604,21 +606,27 @@ def _pdeathsig():
 
 
 def qemu_command(image, job_dir, memory_mb=DEFAULT_MEMORY_MB, cpus=DEFAULT_CPUS, console_file=None,
-                 machine="pc", append="", cpu="max"):
-    """The qemu-system-x86_64 argv for a job directory (no network device)."""
+                 machine="pc", append="", cpu="max", disk=None, reboot=False):
+    """The qemu-system-x86_64 argv for a job directory (no network device).
+    disk: a raw image attached as virtio disk /dev/vda; reboot: a guest
+    reboot restarts the machine (default: qemu exits)."""
     cmd = [
         QEMU, "-name", "ipsec-formula-vm", "-nodefaults", "-no-user-config",
         "-machine", machine, "-accel", "tcg,thread=multi,tb-size=512" if cpus > 1 else "tcg,tb-size=512",
         "-cpu", cpu, "-smp", str(cpus), "-m", str(memory_mb),
         "-kernel", image.boot_kernel, "-initrd", image.initrd,
         "-append", (KERNEL_CMDLINE + " " + append).strip(),
-        "-display", "none", "-monitor", "none", "-no-reboot",
+        "-display", "none", "-monitor", "none",
         "-serial", "file:" + console_file if console_file else "null",
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", "local,path={},mount_tag=job,security_model=none".format(job_dir.replace(",", ",,")),
         "-device", "virtio-rng-pci",
         "-nic", "none",
     ]
+    if not reboot:
+        cmd.append("-no-reboot")
+    if disk:
+        cmd += ["-drive", "file={},if=virtio,format=raw,cache=writeback".format(disk.replace(",", ",,"))]
     return cmd
 
 
