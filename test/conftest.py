@@ -5,6 +5,7 @@ labkit and _utils are importable through pytest.ini's ``pythonpath``.
 """
 
 import os
+import tempfile
 
 import pytest
 
@@ -61,6 +62,34 @@ def pytest_collection_modifyitems(config, items):
     if unmarked:
         raise pytest.UsageError("tests without a tier marker (unit, netns, salt, lab, vm; see "
                                 "test/conftest.py): " + ", ".join(unmarked))
+
+
+# The systemd VM test (test/vm/test_systemd_node.py) takes about 11
+# minutes of one emulated core, and the rest of the suite mostly keeps one
+# core busy: when it is selected, its VM starts in the background as soon
+# as the session is collected, and its tests (run near the end) collect
+# what it recorded. labkit.sysnode.start / collect.
+SYSTEMD_NODE_TESTS = "vm/test_systemd_node.py"
+_background = {}
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    if any(SYSTEMD_NODE_TESTS in item.nodeid for item in session.items):
+        from labkit import sysnode
+        job = tempfile.mkdtemp(prefix="ipsec-systemd-node-")
+        _background["systemd_node"] = (sysnode.start(job), job)
+
+
+@pytest.fixture(scope="session")
+def systemd_node_run():
+    """(process, job dir) of the systemd VM started at collection."""
+    if "systemd_node" not in _background:  # pragma: no cover - collected alone by some other path
+        from labkit import sysnode
+        job = tempfile.mkdtemp(prefix="ipsec-systemd-node-")
+        _background["systemd_node"] = (sysnode.start(job), job)
+    return _background["systemd_node"]
 
 
 # Long enough for every test key check.

@@ -1,12 +1,15 @@
 """A node booted by systemd: apply, reboot, the tunnels back, clean, reboot.
 
 labkit.sysnode runs it once (three boots of one VM whose PID 1 is
-systemd, controller-0 of the example being the VM itself; ~8 minutes
-under emulation); the tests read what each boot recorded. Nothing is
+systemd, controller-0 of the example being the VM itself; ~11 minutes
+under emulation, started in the background when the session is
+collected); the tests read what each boot recorded. Nothing is
 skipped: the VM harness installs what it lacks.
 """
 
 import json
+import os
+import shutil
 
 import pytest
 
@@ -16,20 +19,25 @@ TABLE = "table inet ipsec_formula"
 
 
 @pytest.fixture(scope="module")
-def phases(tmp_path_factory):
-    job = tmp_path_factory.mktemp("systemd-node")
-    result, facts, params = sysnode.run(str(job))
-    why = "{}\n--- phase.log\n{}".format(result.describe(tail=6000), _read(job / "phase.log")[-6000:])
+def phases(systemd_node_run):
+    """What the three boots recorded (the VM started in the background when
+    the session was collected: test/conftest.py)."""
+    process, job = systemd_node_run
+    summary, facts, params = sysnode.collect(process, job)
+    why = "job: {}\n{}\n--- phase.log\n{}".format(
+        job, summary.get("describe") or summary, _read(os.path.join(job, "phase.log"))[-6000:])
     for phase in sysnode.PHASES:
         assert phase in facts, "no facts from the {} phase\n{}".format(phase, why)
         assert "error" not in facts[phase], "{}: {}\n{}".format(phase, facts[phase]["error"], why)
-    assert result.returncode == 0 and not result.timed_out, why
-    return dict(facts, params=params)
+    assert summary["returncode"] == 0 and not summary["timed_out"], why
+    yield dict(facts, params=params)
+    shutil.rmtree(job, ignore_errors=True)  # kept when the run itself failed
 
 
 def _read(path):
     try:
-        return path.read_text()
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
     except FileNotFoundError:
         return ""
 
