@@ -11,7 +11,7 @@ VM_DEBS := $(shell sed -e 's/\#.*//' debian-packages-vm.txt)
 LIBRESWAN_DEBS := $(shell sed -e 's/\#.*//' debian-packages-libreswan.txt)
 PYTEST_ARGS ?=
 
-.PHONY: test check demo bench bench-converge deps debs venv pth clean salt-lines libreswan-5
+.PHONY: test check demo bench bench-converge bench-failover deps debs venv pth clean salt-lines libreswan-5
 
 # The whole suite on Salt 3008 (.venv), then the unit and functional tiers
 # again on the other Salt lines FORMULA's minimum_version promises.
@@ -45,6 +45,11 @@ bench: deps
 # and 24 plutos, 5 restart rounds (docs/convergence.md): about 25 minutes.
 bench-converge: deps
 	$(PY) bench/converge_bench.py --nodes 12 24 --rounds 5
+
+# VIP failovers on the live cluster lab, 10 of each kind (docs/pacemaker.md):
+# about 15 minutes.
+bench-failover: deps
+	$(PY) bench/failover_bench.py --rounds 10
 
 deps: debs venv pth
 

@@ -54,6 +54,8 @@ class Lab:
     """The example cluster (labkit.examples.THREE_NODES) on a bridged mesh
     (labkit.mesh), driven by a salt-master."""
 
+    node_class = LabNode
+
     def __init__(self, nodes=examples.THREE_NODES, vip_holder="controller-0", workdir=None):
         netns.sweep_stale()
         self.workdir = workdir or tempfile.mkdtemp(prefix="ipsec-lab-")
@@ -70,7 +72,7 @@ class Lab:
         self.master_dir = os.path.join(self.workdir, "master")
         self.pillar_dir = os.path.join(self.workdir, "pillar")
         try:
-            self.mesh = Mesh(self.workdir, nodes, vip_holder, node_class=LabNode)
+            self.mesh = Mesh(self.workdir, nodes, vip_holder, node_class=self.node_class)
             self.nodes, self.switch = self.mesh.nodes, self.mesh.switch
         except BaseException:
             self.close()

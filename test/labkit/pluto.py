@@ -100,7 +100,7 @@ class Pluto:
             # A pluto in the host namespace would send IKE to the planned
             # peers over the host's own network: never.
             raise RuntimeError("an isolated pluto only starts inside a network namespace")
-        if not os.path.exists(os.path.join(self.nss_dir, "cert9.db")):
+        if not self._exists(os.path.join(self.nss_dir, "cert9.db")):
             self.run("initnss", "--nssdir", self.nss_dir, check=True)
         cmd = self._cmd([
             self.ipsec_bin, "pluto", "--config", self.config_file, "--nofork",
@@ -113,10 +113,14 @@ class Pluto:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError("pluto exited with {}: {}".format(self.process.returncode, self.log()[-2000:]))
-            if os.path.exists(self.ctlsocket) and self.whack("--briefstatus").returncode == 0:
+            if self._exists(self.ctlsocket) and self.whack("--briefstatus").returncode == 0:
                 return self
             time.sleep(0.05)
         raise RuntimeError("pluto did not answer within {}s".format(timeout))
+
+    def _exists(self, path):
+        """Whether ``path`` (as pluto's command line names it) exists."""
+        return os.path.exists(path)
 
     def whack(self, *args):
         return self.run("whack", "--rundir", self.rundir, *args)

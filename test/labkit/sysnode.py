@@ -39,7 +39,7 @@ import traceback
 
 import yaml
 
-from labkit import examples, mesh, saltenv
+from labkit import examples, mesh, saltenv, waiting
 
 PHASES = ("apply", "rebooted", "cleaned")
 NODE = "controller-0"
@@ -267,12 +267,7 @@ def salt(target, function, *args, timeout=300):
 
 
 def _wait(predicate, timeout, interval=3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+    return waiting.until(predicate, timeout, interval)
 
 
 def network(job_mount):

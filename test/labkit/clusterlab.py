@@ -1,0 +1,233 @@
+"""The lab with a live pacemaker cluster: three controllers run corosync and
+pacemaker (labkit.cluster), IPaddr2 holds the example's VIPs, and the
+formula, applied through the lab's salt-master, creates the VIP tunnel
+resources through the DC. Issue #16.
+
+Each controller runs in its network namespace and in a mount namespace of
+its own (the cluster node's): its minion and its pluto are started there
+(nsenter), so the pacemaker CLI the formula calls reaches its cluster, the
+agent the formula installs under /usr/lib/ocf is that node's, and its pluto
+root is seen at the same path on every controller (COMMON, a bind mount of
+the node's own root): one set of agent parameters in the CIB fits every
+node, as on a real cluster. compute-0 is a client only, as in the example.
+
+The lab only: stonith-enabled=false (a real cluster fences), and
+resource-stickiness=100 so that a node coming back does not pull its VIPs
+back (what operators set).
+"""
+
+import os
+import subprocess
+
+from labkit import examples, lab, pcmk
+from labkit.cluster import Cluster
+from labkit.pluto import Pluto, lookup_at
+
+CONTROLLERS = ("controller-0", "controller-1", "controller-2")
+NODES = dict(examples.THREE_NODES, **{"controller-2": {
+    "ctlplane": "198.51.100.132",
+    "internal_api": "198.51.100.12",
+    "storage": "203.0.113.12",
+    "tenant": "2001:db8:0:1::12",
+}})
+
+
+class ClusterPluto(Pluto):
+    """A controller's pluto: run inside its cluster node's namespaces with
+    the paths every controller shares (COMMON); its files are read through
+    the node's own root from here."""
+
+    def __init__(self, real_root, common, netns, node):
+        super().__init__(real_root, netns)
+        self.real_root = real_root
+        self.node = node  # the labkit.cluster.Node
+        self.common = common
+        for attr in ("config_file", "secrets_file", "config_dir", "nss_dir", "rundir", "ctlsocket", "logfile"):
+            setattr(self, attr, getattr(self, attr).replace(real_root, common, 1))
+        self.root = common
+
+    def _cmd(self, cmd):
+        return self.node.prefix() + cmd
+
+    def lookup(self):
+        return lookup_at(self.common, self.libreswan)
+
+    def real(self, path):
+        """Where a path of pluto's command line is, seen from here."""
+        return path.replace(self.common, self.real_root, 1)
+
+    def _exists(self, path):
+        return os.path.exists(self.real(path))
+
+    def raw_log(self):
+        try:
+            with open(self.real(self.logfile), encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return ""
+
+    def clear_run_state(self):
+        """What a killed pluto left in its run directory."""
+        for name in os.listdir(self.real(self.rundir)):
+            os.unlink(os.path.join(self.real(self.rundir), name))
+
+    def kill(self):
+        """A power cut for pluto: SIGKILL, nothing said to its peers."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+class ClusterLabNode(lab.LabNode):
+    """A lab node whose minion starts inside its cluster node's namespaces
+    once ``cluster_node`` is set (controllers)."""
+
+    cluster_node = None
+
+    def start_minion(self):
+        if self.cluster_node is None:
+            return super().start_minion()
+        self.minion = start_minion_in(self, self.cluster_node)
+        return self.minion
+
+
+class ClusterLab(lab.Lab):
+    node_class = ClusterLabNode
+
+    def __init__(self, workdir=None):
+        super().__init__(nodes=NODES, vip_holder=None, workdir=workdir)
+        self.common = os.path.join(self.workdir, "controller")
+        os.makedirs(self.common, exist_ok=True)
+        self.ipsec_overrides["cluster"] = {"nodes": list(CONTROLLERS)}
+        # First apply without pacemaker (pluto is not up yet: the agent's
+        # start would fail); deploy() turns it on for the second.
+        self.ipsec_overrides["pacemaker"] = {"manage": False}
+        self.cluster = Cluster(
+            os.path.join(self.workdir, "cluster"),
+            {node: (self.nodes[node].ns.name, NODES[node]["ctlplane"]) for node in CONTROLLERS},
+            binds={node: [(os.path.join(self.nodes[node].root, "pluto"), self.common)] for node in CONTROLLERS},
+            ocf=True)
+
+    # --- the cluster ---------------------------------------------------------
+
+    def start_cluster(self, timeout=120):
+        self.cluster.start()
+        if not self.cluster.wait_online(timeout):
+            raise RuntimeError("the cluster did not form: " + self.crm("controller-0", "crm_mon", "-1").stdout)
+        for node in CONTROLLERS:
+            lab_node = self.nodes[node]
+            lab_node.cluster_node = self.cluster.nodes[node]
+            lab_node.pluto = ClusterPluto(lab_node.pluto.root, self.common, lab_node.ns.name,
+                                          self.cluster.nodes[node])
+        dc = CONTROLLERS[0]
+        self.crm(dc, "crm_attribute", "-t", "crm_config", "-n", "stonith-enabled", "-v", "false", check=True)
+        self.crm(dc, "crm_attribute", "-t", "rsc_defaults", "-n", "resource-stickiness", "-v", "100", check=True)
+        for address in sorted(examples.VIPS.values()):
+            self.crm(dc, "cibadmin", "--create", "-o", "resources", "--xml-text", pcmk.vip_primitive(address),
+                     check=True)
+
+    def crm(self, node, *cmd, check=False, timeout=60):
+        return self.cluster.run(node, list(cmd), check=check, timeout=timeout)
+
+    def any_up(self):
+        return next(n for n, node in self.cluster.nodes.items() if node.process is not None)
+
+    def locate(self, resource, via=None):
+        """The node ``resource`` runs on (None: nowhere or unknown)."""
+        out = self.crm(via or self.any_up(), "crm_resource", "--locate", "-r", resource).stdout
+        return out.split("running on:")[-1].strip() if "running on:" in out else None
+
+    def failed_actions(self, via=None):
+        out = self.crm(via or self.any_up(), "crm_mon", "-1", "--output-as=text").stdout
+        return out.split("Failed Resource Actions:")[1].strip() if "Failed Resource Actions:" in out else ""
+
+    def controllers_alive(self):
+        return [n for n in CONTROLLERS if self.cluster.nodes[n].process is not None]
+
+    def cluster_alive(self, node):
+        """False only for a controller whose power is cut."""
+        return node not in CONTROLLERS or self.cluster.nodes[node].process is not None
+
+    def power_cut(self, node):
+        """Everything of the controller at once: corosync, pacemaker, pluto,
+        minion SIGKILLed; its links down (the VIPs IPaddr2 gave it stay
+        configured but reach nobody, as after fencing)."""
+        lab_node = self.nodes[node]
+        self.cluster.nodes[node].kill()  # pluto and the minion run in its namespaces too
+        for process in (lab_node.pluto.process, lab_node.minion):
+            if process is not None:
+                process.wait(10)
+        for dev in lab_node.devs.values():
+            lab_node.ns.exec(["ip", "link", "set", dev, "down"])
+
+    def power_on(self, node, timeout=120):
+        """The controller boots again: no VIP address left, links up, its
+        cluster node, pluto (on its files) and minion started."""
+        lab_node = self.nodes[node]
+        for address in examples.VIPS.values():
+            if lab_node.has_address(address):
+                lab_node.del_vip(address)
+        for network, dev in lab_node.devs.items():
+            lab_node.ns.exec(["ip", "link", "set", dev, "up"])
+            # The kernel drops IPv6 addresses with the link: the network
+            # config gives them back at boot.
+            address = NODES[node][network]
+            if not lab_node.has_address(address):
+                for cidr in examples.node_cidrs({network: address}):
+                    lab_node.ns.add_address(dev, cidr)
+        self.cluster.nodes[node].start()
+        if not self.cluster.wait_online(timeout, names=[node]):
+            raise RuntimeError("{} did not rejoin the cluster".format(node))
+        lab_node.pluto.clear_run_state()
+        lab_node.pluto.start(timeout=60)
+        lab_node.start_minion()
+
+    def sabotage_agent(self, node, old, new):
+        """Replace ``old`` by ``new`` in the agent the formula installed on
+        ``node`` (a negative control; the next state.apply restores it)."""
+        path = os.path.join(self.cluster.nodes[node].root, "ocf", "ipsec-formula", "vip-tunnel")
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        if text.count(old) != 1:
+            raise ValueError("{!r} is not once in {}".format(old, path))
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text.replace(old, new))
+
+    # --- salt ----------------------------------------------------------------
+
+    def deploy(self, log=None):
+        """Cluster up, VIPs placed, then the operator's two applies: the
+        formula without pacemaker (files), plutos started, then with
+        pacemaker management on (the DC creates the tunnel resources)."""
+        self.start_cluster()
+        plans = super().deploy(log=log)
+        self.ipsec_overrides["pacemaker"] = {"manage": True}
+        self.write_example_pillar()
+        rc, data = self.salt("*", "state.apply", "ipsec")
+        if log:
+            log("state.apply ipsec (pacemaker on)", 0, rc, data)
+        if rc != 0:
+            raise RuntimeError("state.apply with pacemaker failed: {}".format(str(data)[:3000]))
+        return self.salt("*", "ipsec.plan")[1]
+
+    def close(self):
+        for node in CONTROLLERS:  # while their namespaces are there to whack into
+            try:
+                self.nodes[node].pluto.stop()
+            except (RuntimeError, KeyError, subprocess.SubprocessError):
+                pass
+        self.cluster.close()
+        super().close()
+
+
+def start_minion_in(lab_node, cluster_node):
+    """LabNode.start_minion, inside the cluster node's namespaces."""
+    import yaml
+    os.makedirs(lab_node.conf_dir, exist_ok=True)
+    config = {"id": lab_node.id, "master": lab.MASTER_ADDRESS, "root_dir": os.path.join(lab_node.root, "salt-root"),
+              "log_level_logfile": "info", "acceptance_wait_time": 1, "random_reauth_delay": 0, "mine_interval": 1}
+    with open(os.path.join(lab_node.conf_dir, "minion"), "w") as handle:
+        yaml.safe_dump(config, handle)
+    return subprocess.Popen(cluster_node.prefix() + [os.path.join(lab.BIN, "salt-minion"), "-c", lab_node.conf_dir,
+                                                    "--log-level=quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
