@@ -56,7 +56,8 @@ def _wait(predicate, timeout):
 
 def test_the_cluster_forms_and_moves_its_vip(three_nodes):
     made = three_nodes
-    assert made.wait_online(90), made.run("pc1", ["crm_mon", "-1"]).stdout
+    # Generous: in make test the systemd VM boots beside it.
+    assert made.wait_online(180), made.run("pc1", ["crm_mon", "-1"]).stdout
     made.run("pc1", ["crm_attribute", "-t", "crm_config", "-n", "stonith-enabled", "-v", "false"], check=True)
     made.run("pc1", ["cibadmin", "--create", "-o", "resources", "--xml-text",
                      '<primitive id="vip" class="ocf" provider="heartbeat" type="IPaddr2">'
@@ -64,17 +65,17 @@ def test_the_cluster_forms_and_moves_its_vip(three_nodes):
                      '<nvpair id="vip-nm" name="cidr_netmask" value="25"/></instance_attributes>'
                      '<operations><op id="vip-mon" name="monitor" interval="10s"/></operations>'
                      '</primitive>'.format(VIP)], check=True)
-    first = _wait(lambda: _vip_holder(made), 60)
+    first = _wait(lambda: _vip_holder(made), 120)
     assert first in ADDRESSES, made.run("pc1", ["crm_mon", "-1"]).stdout
-    assert VIP in made.run(first, ["ip", "-o", "addr"]).stdout
+    assert VIP in made.run(first, ["ip", "-o", "addr"]).stdout, made.run(first, ["ip", "-o", "addr"]).stdout
 
     made.run(first, ["crm_attribute", "--node", first, "--name", "standby", "--update", "on"], check=True)
-    second = _wait(lambda: _vip_holder(made, other_than=first), 60)
-    assert second and second != first
+    second = _wait(lambda: _vip_holder(made, other_than=first), 120)
+    assert second and second != first, made.run(first, ["crm_mon", "-1"]).stdout
     assert VIP not in made.run(first, ["ip", "-o", "addr"]).stdout
     made.run(first, ["crm_attribute", "--node", first, "--name", "standby", "--update", "off"], check=True)
 
     made.nodes[second].kill()  # the holder's whole node, at once
     survivor = next(n for n in ADDRESSES if n != second)
-    third = _wait(lambda: _vip_holder(made, via=survivor, other_than=second), 90)
+    third = _wait(lambda: _vip_holder(made, via=survivor, other_than=second), 180)
     assert third and third != second, made.run(survivor, ["crm_mon", "-1"]).stdout
