@@ -133,6 +133,8 @@ class Node:
             target = os.readlink("/proc/{}/ns/mnt".format(self.process.pid))
         except OSError:
             target = None
+        if target == os.readlink("/proc/self/ns/mnt"):
+            target = None  # never the host's own namespace (an unshare that did not happen)
         for _ in range(20):
             pids = [pid for pid in _pids_in_mount_ns(target) if pid != os.getpid()] if target else []
             for pid in pids:
