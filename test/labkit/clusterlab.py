@@ -21,7 +21,7 @@ import subprocess
 
 from labkit import examples, lab, pcmk
 from labkit.cluster import Cluster
-from labkit.pluto import Pluto, lookup_at
+from labkit.pluto import Pluto
 
 CONTROLLERS = ("controller-0", "controller-1", "controller-2")
 NODES = dict(examples.THREE_NODES, **{"controller-2": {
@@ -48,9 +48,6 @@ class ClusterPluto(Pluto):
 
     def _cmd(self, cmd):
         return self.node.prefix() + cmd
-
-    def lookup(self):
-        return lookup_at(self.common, self.libreswan)
 
     def real(self, path):
         """Where a path of pluto's command line is, seen from here."""
@@ -84,11 +81,8 @@ class ClusterLabNode(lab.LabNode):
 
     cluster_node = None
 
-    def start_minion(self):
-        if self.cluster_node is None:
-            return super().start_minion()
-        self.minion = start_minion_in(self, self.cluster_node)
-        return self.minion
+    def launcher(self):
+        return super().launcher() if self.cluster_node is None else self.cluster_node.prefix()
 
 
 class ClusterLab(lab.Lab):
@@ -219,15 +213,3 @@ class ClusterLab(lab.Lab):
         self.cluster.close()
         super().close()
 
-
-def start_minion_in(lab_node, cluster_node):
-    """LabNode.start_minion, inside the cluster node's namespaces."""
-    import yaml
-    os.makedirs(lab_node.conf_dir, exist_ok=True)
-    config = {"id": lab_node.id, "master": lab.MASTER_ADDRESS, "root_dir": os.path.join(lab_node.root, "salt-root"),
-              "log_level_logfile": "info", "acceptance_wait_time": 1, "random_reauth_delay": 0, "mine_interval": 1}
-    with open(os.path.join(lab_node.conf_dir, "minion"), "w") as handle:
-        yaml.safe_dump(config, handle)
-    return subprocess.Popen(cluster_node.prefix() + [os.path.join(lab.BIN, "salt-minion"), "-c", lab_node.conf_dir,
-                                                    "--log-level=quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

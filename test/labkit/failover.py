@@ -94,9 +94,7 @@ def nudge_clients(clab, plans, vip, old, new):
     for node, conn in sorted(client_conns(plans, vip).items()):
         if node in (old, new) or not clab.cluster_alive(node):
             continue
-        pluto = clab.nodes[node].pluto
-        pluto.whack("--name", conn, "--terminate")
-        pluto.whack("--name", conn, "--initiate", "--asynchronous")
+        _reinitiate(clab.nodes[node].pluto, conn)
         nudged.append(node)
     return nudged
 
@@ -119,11 +117,15 @@ def nudge_initiators_of(clab, plans, node_id):
         for name, conn in sorted(plan["connections"].items()):
             peer_address = plan["networks"].get(conn["network"], {}).get("peers", {}).get(conn["peer"])
             if conn["role"] == "node-to-node" and peer_address in mine and conn["keywords"].get("auto") == "start":
-                pluto = clab.nodes[peer].pluto
-                pluto.whack("--name", name, "--terminate")
-                pluto.whack("--name", name, "--initiate", "--asynchronous")
+                _reinitiate(clab.nodes[peer].pluto, name)
                 nudged.setdefault(peer, []).append(name)
     return nudged
+
+
+def _reinitiate(pluto, conn):
+    """What a liveness restart does: the conn torn down, then initiated."""
+    pluto.whack("--name", conn, "--terminate")
+    pluto.whack("--name", conn, "--initiate", "--asynchronous")
 
 
 def _wait(predicate, timeout, interval=0.25):

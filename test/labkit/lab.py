@@ -47,7 +47,11 @@ class LabNode(MeshNode):
             "random_reauth_delay": 0,
             "mine_interval": 1,
         }
-        self.minion = _start_daemon(self.ns.name, "salt-minion", self.conf_dir, config)
+        self.minion = _start_daemon(self.launcher(), "salt-minion", self.conf_dir, config)
+
+    def launcher(self):
+        """argv prefix that runs a daemon of this node where it lives."""
+        return ["ip", "netns", "exec", self.ns.name]
 
 
 class Lab:
@@ -103,7 +107,7 @@ class Lab:
             "log_level_logfile": "info",
         }
         config.update(self.master_options)
-        self.master = _start_daemon(self.switch.name, "salt-master", self.master_dir, config)
+        self.master = _start_daemon(["ip", "netns", "exec", self.switch.name], "salt-master", self.master_dir, config)
         for node in self.nodes.values():
             node.start_minion()
         expected = set(self.nodes)
@@ -275,12 +279,13 @@ def _write_sls(path, data, shebang=True):
         yaml.safe_dump(data, handle, default_flow_style=False)
 
 
-def _start_daemon(netns_name, program, conf_dir, config):
-    """Write ``<conf_dir>/minion|master`` and start the Salt daemon in the
-    namespace (``ip netns exec`` execs it, so the pid is the daemon's)."""
+def _start_daemon(launcher, program, conf_dir, config):
+    """Write ``<conf_dir>/minion|master`` and start the Salt daemon through
+    ``launcher`` (``ip netns exec`` or ``nsenter``: both exec it, so the pid
+    is the daemon's)."""
     os.makedirs(conf_dir, exist_ok=True)
     with open(os.path.join(conf_dir, program.split("-")[1]), "w") as handle:
         yaml.safe_dump(config, handle)
     return subprocess.Popen(
-        ["ip", "netns", "exec", netns_name, os.path.join(BIN, program), "-c", conf_dir, "--log-level=quiet"],
+        launcher + [os.path.join(BIN, program), "-c", conf_dir, "--log-level=quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -44,29 +44,6 @@ def without_child_revivals(text):
 IPSEC = "/usr/sbin/ipsec"  # Debian's 4.10 (benches); tests take labkit.libreswan
 
 
-def lookup_at(root, libreswan=None):
-    """The formula's ``ipsec:lookup`` pillar for an isolated pluto rooted at
-    ``root`` (nothing is created: for a root that only exists in a VM)."""
-    libreswan = libreswan or libreswans.get()
-    return dict({
-        "pkg": {"manage": False},
-        "service": {"manage": False},
-        "config_file": os.path.join(root, "etc", "ipsec.conf"),
-        "secrets_file": os.path.join(root, "etc", "ipsec.secrets"),
-        "config_dir": os.path.join(root, "etc", "ipsec.d"),
-        "nss_dir": os.path.join(root, "nss"),
-        "rundir": os.path.join(root, "run"),
-        "ctlsocket": os.path.join(root, "run", "pluto.ctl"),
-        # The persisted firewall too stays in this instance's root.
-        "firewall": {
-            "nft_conf": os.path.join(root, "etc", "nftables.conf"),
-            "nft_file": os.path.join(root, "etc", "ipsec-formula.nft"),
-            "iptables_rules_v4": os.path.join(root, "etc", "iptables", "rules.v4"),
-            "iptables_rules_v6": os.path.join(root, "etc", "iptables", "rules.v6"),
-        },
-    }, **libreswan.lookup())
-
-
 class Pluto:
     def __init__(self, root, netns=None, libreswan=None):
         self.root = str(root)
@@ -87,7 +64,23 @@ class Pluto:
 
     def lookup(self):
         """The formula's ``ipsec:lookup`` pillar for this instance."""
-        return lookup_at(self.root, self.libreswan)
+        return dict({
+            "pkg": {"manage": False},
+            "service": {"manage": False},
+            "config_file": self.config_file,
+            "secrets_file": self.secrets_file,
+            "config_dir": self.config_dir,
+            "nss_dir": self.nss_dir,
+            "rundir": self.rundir,
+            "ctlsocket": self.ctlsocket,
+            # The persisted firewall too stays in this instance's root.
+            "firewall": {
+                "nft_conf": os.path.join(self.root, "etc", "nftables.conf"),
+                "nft_file": os.path.join(self.root, "etc", "ipsec-formula.nft"),
+                "iptables_rules_v4": os.path.join(self.root, "etc", "iptables", "rules.v4"),
+                "iptables_rules_v6": os.path.join(self.root, "etc", "iptables", "rules.v6"),
+            },
+        }, **self.libreswan.lookup())
 
     def _cmd(self, cmd):
         return (["ip", "netns", "exec", self.netns] if self.netns else []) + cmd

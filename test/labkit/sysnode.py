@@ -52,7 +52,7 @@ PILLAR_DIR = "/srv/ipsec-lab/pillar"
 EDITED_FILES = ("/etc/ipsec.conf", "/etc/ipsec.secrets", "/etc/nftables.conf")
 FORMULA_FILES = ("/etc/ipsec-formula.nft",)
 UNITS = ("ipsec", "nftables")
-TIMEOUT = 1800  # three boots under emulation, one master-driven apply of three nodes
+TIMEOUT = 1800  # s: three boots under emulation, beside the rest of the suite
 BIN = os.path.dirname(sys.executable)
 TEST_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,14 +137,12 @@ def render_peers(job_dir):
     ipsec`` on the host, static grains, an isolated pluto root each; their
     firewall is not managed: on the host it would be the host's). Under
     emulation a salt-call takes minutes; here seconds. Returns {peer: rc}."""
-    from labkit.pluto import lookup_at
+    from labkit.pluto import Pluto
     calls = {}
     for peer in PEERS:
         base = os.path.join(job_dir, "peers", peer)
-        pillar = examples.pillar(lookup=lookup_at(peer_root(job_dir, peer)))
+        pillar = examples.pillar(lookup=Pluto(peer_root(job_dir, peer)).lookup())  # makes its directories
         saltenv.write_pillar(os.path.join(base, "pillar"), pillar)
-        for sub in ("etc/ipsec.d", "nss", "run", "etc/iptables"):
-            os.makedirs(os.path.join(peer_root(job_dir, peer), sub), exist_ok=True)
         saltenv.write_minion_config(os.path.join(base, "salt"), peer, os.path.join(base, "pillar"),
                                     grains=saltenv.node_grains(examples.own_ips(peer)),
                                     root_dir=os.path.join(base, "salt-root"), log_level_logfile="quiet")
@@ -448,7 +446,8 @@ def phase_cleaned(facts, params):
 
 
 def save_logs(job_mount, phase):
-    """Salt's and the plutos' logs of this boot, for a failure's report."""
+    """The master's and the minion's logs and this boot's journal of the
+    lab's units, for a failure's report."""
     target = os.path.join(job_mount, "logs", str(phase))
     os.makedirs(target, exist_ok=True)
     for path in glob.glob(os.path.join(LAB_DIR, "*", "var", "log", "salt", "*")) + \
@@ -465,7 +464,7 @@ def run_phase(job_mount):
     """The ``phase`` unit: run the first phase without facts, write them,
     then reboot or power off."""
     phase = next((p for p in PHASES if not os.path.exists(os.path.join(job_mount, p + ".json"))), None)
-    facts = {"phase": phase, "uptime": float(open("/proc/uptime").read().split()[0]), "timings": {}}
+    facts = {"phase": phase, "uptime": float(open("/proc/uptime").read().split()[0])}
     then = "poweroff"
     started = time.monotonic()
     say("phase {}".format(phase))
@@ -517,7 +516,8 @@ def collect(process, job_dir, timeout=TIMEOUT + 300):
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     summary = load("host-result.json", {"returncode": None, "runner": process.returncode})
-    return summary, {p: load(p + ".json", None) for p in PHASES if load(p + ".json", None)}, load("params.json", {})
+    facts = {phase: load(phase + ".json", None) for phase in PHASES}
+    return summary, {p: f for p, f in facts.items() if f}, load("params.json", {})
 
 
 def run_and_record(job_dir):
