@@ -191,7 +191,7 @@ def main():
                       o=result["restart_one"]["median_seconds"], om=result["restart_one"]["max_seconds"],
                       a=result["restart_all"]["median_seconds"], am=result["restart_all"]["max_seconds"],
                       **result), flush=True)
-    print("results:", benchlib.save("converge_bench", {"libreswan": install.version, "runs": results}))
+    benchlib.save("converge_bench", {"libreswan": install.version, "runs": results})
 
 
 if __name__ == "__main__":

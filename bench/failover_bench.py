@@ -65,7 +65,7 @@ def main():
     for kind, row in summary.items():
         print("| {} | {} | {} |".format(kind, row["rounds"], " | ".join(
             "{} / {} s".format(row[m]["median"], row[m]["max"]) for m in MEASURES)))
-    print("results:", benchlib.save("failover_bench", {"summary": summary, "records": records}))
+    benchlib.save("failover_bench", {"summary": summary, "records": records})
 
 
 if __name__ == "__main__":
