@@ -101,9 +101,9 @@ def test_with_the_listen_step_disabled_the_same_failover_leaves_clients_down(clu
     rc, data = made.salt("*", "state.apply", "ipsec")
     assert rc == 0, str(data)[:3000]
     # The operator's cleanup. Its re-probe finds what the broken start
-    # left (the server conn loaded, unoriented, where the VIP is): the
-    # agent reports that error, pacemaker recovers it with the restored
-    # agent, and a second cleanup clears the record of it.
+    # left (the server conn loaded, unoriented, where the VIP is): not
+    # served, so pacemaker starts it with the restored agent; the failed
+    # start's record may need a second cleanup.
     made.crm(made.any_up(), "crm_resource", "--cleanup", "-r", vip["resource"], check=True)
     holder = made.locate(vip["vip_resource"])
     assert failover._wait(lambda: failover.holder_serves(made, holder, vip), 60)

@@ -101,7 +101,8 @@ def test_ocf_tester_passes_after_the_vip_arrives_on_a_running_pluto(node):
     n = node(with_vip=False)
     assert wait_for(lambda: any("pending" in line or "STATE_V2" in line for line in n.pluto.status().splitlines()))
     n.add_vip()
-    assert n.agent("monitor", interval=0)[0] == OCF_ERR_GENERIC  # loaded, unoriented, VIP here
+    assert n.agent("monitor", interval=0)[0] == OCF_NOT_RUNNING  # a probe: loaded, not served yet
+    assert n.agent("monitor", interval=10000)[0] == OCF_ERR_GENERIC  # after a start: broken
     assert n.agent("start")[0] == OCF_SUCCESS
     assert n.alive(), n.pluto.log()[-2000:]
     assert n.agent("monitor", interval=10000)[0] == OCF_SUCCESS
@@ -135,7 +136,9 @@ def test_pluto_down(node):
     n = node(start=False)
     rc, err = n.agent("monitor", interval=10000)
     assert rc == OCF_ERR_GENERIC and "pluto does not answer" in err
-    assert n.agent("monitor", interval=0)[0] == OCF_ERR_GENERIC   # the VIP is here: failed, not stopped
+    # A probe: nothing is served yet (pluto may still be starting at boot);
+    # the start waits for pluto. Only a recurring monitor calls it failed.
+    assert n.agent("monitor", interval=0)[0] == OCF_NOT_RUNNING
     assert n.agent("validate-all")[0] == OCF_SUCCESS             # configuration is fine
     rc, err = n.agent("start")
     assert rc == OCF_ERR_GENERIC and "ocf-exit-reason:pluto does not answer" in err
@@ -175,6 +178,21 @@ def test_conn_loaded_but_unoriented_with_the_vip_here_is_a_failure(node):
     assert "unoriented" in "".join(n.conn_lines(vipnode.SERVER))
     rc, err = n.agent("monitor", interval=10000)
     assert rc == OCF_ERR_GENERIC and "unoriented" in err
+
+
+def test_a_probe_after_the_vip_came_finds_the_tunnel_not_running_and_start_serves_it(node):
+    """Seen on the live cluster (cold start, in the VM): pacemaker started
+    the VIP before this resource's probe ran there; pluto had loaded the
+    server conn from ipsec.conf before the VIP existed. The probe must say
+    "not running" (7), not "failed" (a recovery and a failed action in
+    crm_mon): the start that follows serves it."""
+    n = node(with_vip=False)
+    n.add_vip()
+    rc, err = n.agent("monitor", interval=0)
+    assert rc == OCF_NOT_RUNNING and "not served on VIP" in err, err
+    assert n.agent("start")[0] == OCF_SUCCESS
+    assert n.agent("monitor", interval=0)[0] == OCF_SUCCESS
+    assert n.agent("monitor", interval=10000)[0] == OCF_SUCCESS
 
 
 def test_vip_absent(node):
