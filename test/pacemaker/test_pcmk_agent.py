@@ -195,6 +195,20 @@ def test_a_probe_after_the_vip_came_finds_the_tunnel_not_running_and_start_serve
     assert n.agent("monitor", interval=10000)[0] == OCF_SUCCESS
 
 
+def test_a_monitor_between_the_vips_stop_and_its_own_is_not_a_failure(node):
+    """Seen on the live cluster in the VM: a move stops the VIP, then this
+    resource; the recurring monitor that ran in between answered 7 and
+    crm_mon kept a failed action. The stop under way is no failure."""
+    n = node()
+    assert n.agent("start")[0] == OCF_SUCCESS
+    n.del_vip()
+    rc, err = n.agent("monitor", interval=10000)
+    assert rc == OCF_SUCCESS and "served until its stop" in err, err
+    assert n.agent("monitor", interval=0)[0] == OCF_NOT_RUNNING   # a probe: not served here
+    assert n.agent("stop")[0] == OCF_SUCCESS
+    assert n.agent("monitor", interval=10000)[0] == OCF_NOT_RUNNING
+
+
 def test_vip_absent(node):
     n = node(with_vip=False)
     # pluto loaded the server conn from ipsec.conf (auto=add), unoriented:
