@@ -27,13 +27,14 @@ import subprocess
 import time
 
 OCF_RESOURCE_D = "/usr/lib/ocf/resource.d"
+TOKEN_MS = 3000  # corosync's default; an emulated CPU needs more (labkit.clustervm)
 COROSYNC_CONF = """totem {{
   version: 2
   cluster_name: {name}
   transport: knet
   crypto_cipher: aes256
   crypto_hash: sha256
-  token: 3000
+  token: {token}
 }}
 nodelist {{
 {nodes}
@@ -112,7 +113,10 @@ class Node:
         network, UTS): where its cluster's IPC and its own mounts are."""
         if self.process is None or self.process.poll() is not None:
             raise RuntimeError("cluster node {} is not running".format(self.name))
-        return ["nsenter", "-t", str(self.process.pid), "-m", "-n", "-u"]
+        # -r: the node's root directory too. Entering a mount namespace
+        # resets the root to the namespace's own; in the lab's VM that is
+        # the initramfs, not the chroot everything runs in.
+        return ["nsenter", "-t", str(self.process.pid), "-m", "-n", "-u", "-r"]
 
     def run(self, cmd, check=False, timeout=60):
         """``cmd`` inside this node's namespaces (where the cluster's IPC is)."""
@@ -166,10 +170,12 @@ def _pids_in_mount_ns(target):
 
 
 class Cluster:
-    def __init__(self, workdir, nodes, name="ipsec-lab", binds=None, ocf=False):
+    def __init__(self, workdir, nodes, name="ipsec-lab", binds=None, ocf=False, token=TOKEN_MS):
         """nodes: {cluster node name: (network namespace, ring0 address)};
         binds: {node: [(source, target)]} bind mounts of its own; ocf: give
-        every node a resource.d of its own (Node.bind_script)."""
+        every node a resource.d of its own (Node.bind_script); token:
+        corosync's totem token in ms (how long a silent node takes to be
+        declared lost: token + consensus, 1.2 x token)."""
         self.workdir = str(workdir)
         self.ocf = ocf
         os.makedirs(self.workdir, exist_ok=True)
@@ -178,7 +184,7 @@ class Cluster:
         self.nodes = {node: Node(self, node, netns, address, index, (binds or {}).get(node, ()))
                       for index, (node, (netns, address)) in enumerate(sorted(nodes.items()), 1)}
         with open(self.conf_file, "w", encoding="utf-8") as handle:
-            handle.write(COROSYNC_CONF.format(name=name, nodes="\n".join(
+            handle.write(COROSYNC_CONF.format(name=name, token=int(token), nodes="\n".join(
                 NODE.format(address=n.address, name=n.name, nodeid=n.nodeid) for n in self.nodes.values())))
         subprocess.run(["corosync-keygen", "-k", self.authkey], check=True, capture_output=True)
 

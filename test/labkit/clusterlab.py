@@ -20,7 +20,7 @@ import os
 import subprocess
 
 from labkit import examples, lab, pcmk
-from labkit.cluster import Cluster
+from labkit.cluster import TOKEN_MS, Cluster
 from labkit.pluto import Pluto
 
 CONTROLLERS = ("controller-0", "controller-1", "controller-2")
@@ -88,7 +88,7 @@ class ClusterLabNode(lab.LabNode):
 class ClusterLab(lab.Lab):
     node_class = ClusterLabNode
 
-    def __init__(self, workdir=None):
+    def __init__(self, workdir=None, token=TOKEN_MS):
         super().__init__(nodes=NODES, vip_holder=None, workdir=workdir)
         self.common = os.path.join(self.workdir, "controller")
         os.makedirs(self.common, exist_ok=True)
@@ -100,11 +100,14 @@ class ClusterLab(lab.Lab):
             os.path.join(self.workdir, "cluster"),
             {node: (self.nodes[node].ns.name, NODES[node]["ctlplane"]) for node in CONTROLLERS},
             binds={node: [(os.path.join(self.nodes[node].root, "pluto"), self.common)] for node in CONTROLLERS},
-            ocf=True)
+            ocf=True, token=token)
 
     # --- the cluster ---------------------------------------------------------
 
-    def start_cluster(self, timeout=120):
+    def start_cluster(self, timeout=120, vips=True):
+        """The cluster up, its options set, each controller's pluto object
+        moved into its node's namespaces; with ``vips`` the VIP resources
+        created (without: they come with a configuration loaded later)."""
         self.cluster.start()
         if not self.cluster.wait_online(timeout):
             raise RuntimeError("the cluster did not form: " + self.crm("controller-0", "crm_mon", "-1").stdout)
@@ -116,7 +119,7 @@ class ClusterLab(lab.Lab):
         dc = CONTROLLERS[0]
         self.crm(dc, "crm_attribute", "-t", "crm_config", "-n", "stonith-enabled", "-v", "false", check=True)
         self.crm(dc, "crm_attribute", "-t", "rsc_defaults", "-n", "resource-stickiness", "-v", "100", check=True)
-        for address in sorted(examples.VIPS.values()):
+        for address in sorted(examples.VIPS.values()) if vips else ():
             self.crm(dc, "cibadmin", "--create", "-o", "resources", "--xml-text", pcmk.vip_primitive(address),
                      check=True)
 
@@ -130,6 +133,10 @@ class ClusterLab(lab.Lab):
         """The node ``resource`` runs on (None: nowhere or unknown)."""
         out = self.crm(via or self.any_up(), "crm_resource", "--locate", "-r", resource).stdout
         return out.split("running on:")[-1].strip() if "running on:" in out else None
+
+    def configuration(self, via=None):
+        """The CIB's configuration section (resources, constraints, options)."""
+        return self.crm(via or self.any_up(), "cibadmin", "--query", "--scope", "configuration", check=True).stdout
 
     def failed_actions(self, via=None):
         out = self.crm(via or self.any_up(), "crm_mon", "-1", "--output-as=text").stdout

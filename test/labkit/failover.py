@@ -128,8 +128,13 @@ def _reinitiate(pluto, conn):
     pluto.whack("--name", conn, "--initiate", "--asynchronous")
 
 
-def _wait(predicate, timeout, interval=0.25):
-    return waiting.until(predicate, timeout, interval)
+# s between two looks (each a crm_resource or a whack): an emulated CPU
+# (labkit.clustervm) sets more, or the looks slow down what they watch.
+POLL = 0.25
+
+
+def _wait(predicate, timeout, interval=None):
+    return waiting.until(predicate, timeout, interval or POLL)
 
 
 def failover(clab, plans, vip_name, kind, target=None, timeout=FOLLOW_TIMEOUT):
