@@ -53,20 +53,12 @@ class ClusterPluto(Pluto):
         """Where a path of pluto's command line is, seen from here."""
         return path.replace(self.common, self.real_root, 1)
 
-    def _exists(self, path):
-        return os.path.exists(self.real(path))
-
     def raw_log(self):
         try:
             with open(self.real(self.logfile), encoding="utf-8", errors="replace") as handle:
                 return handle.read()
         except FileNotFoundError:
             return ""
-
-    def clear_run_state(self):
-        """What a killed pluto left in its run directory."""
-        for name in os.listdir(self.real(self.rundir)):
-            os.unlink(os.path.join(self.real(self.rundir), name))
 
     def kill(self):
         """A power cut for pluto: SIGKILL, nothing said to its peers."""

@@ -115,11 +115,7 @@ class ReplayedClusterLab(clusterlab.ClusterLab):
         """Every pluto on the host phase's files, without what the host's
         plutos left in their run directories (the VM's own copies)."""
         for node in self.nodes.values():
-            real = getattr(node.pluto, "real", lambda path: path)  # ClusterPluto: through the node's root
-            for name in os.listdir(real(node.pluto.rundir)):
-                os.unlink(os.path.join(real(node.pluto.rundir), name))
-            if os.path.exists(real(node.pluto.logfile)):
-                os.unlink(real(node.pluto.logfile))
+            node.pluto.clear_run_state(log=True)
             node.pluto.start(timeout=120)
 
     def load_configuration(self, path):

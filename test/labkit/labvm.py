@@ -330,10 +330,7 @@ def mesh_nodes(mesh):
 def clear_run_state(node):
     """The host's pluto of this node may still run (or left its pid file):
     in the VM these are the VM's own copies (overlay)."""
-    for name in os.listdir(node.pluto.rundir):
-        os.unlink(os.path.join(node.pluto.rundir, name))
-    if os.path.exists(node.pluto.logfile):
-        os.unlink(node.pluto.logfile)
+    node.pluto.clear_run_state(log=True)
 
 
 def wait_child_up(mesh, plans, timeout=UP_TIMEOUT):

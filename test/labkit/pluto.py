@@ -113,7 +113,19 @@ class Pluto:
 
     def _exists(self, path):
         """Whether ``path`` (as pluto's command line names it) exists."""
-        return os.path.exists(path)
+        return os.path.exists(self.real(path))
+
+    def real(self, path):
+        """Where a path of pluto's command line is, seen from here."""
+        return path
+
+    def clear_run_state(self, log=False):
+        """What a killed pluto left in its run directory (and, with
+        ``log``, its log: a fresh start on old files)."""
+        for name in os.listdir(self.real(self.rundir)):
+            os.unlink(os.path.join(self.real(self.rundir), name))
+        if log and os.path.exists(self.real(self.logfile)):
+            os.unlink(self.real(self.logfile))
 
     def whack(self, *args):
         return self.run("whack", "--rundir", self.rundir, *args)
