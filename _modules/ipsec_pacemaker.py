@@ -128,7 +128,7 @@ def options():
 def desired():
     """
     The CIB objects this node's plan asks for, per VIP: the tunnel primitive
-    (agent, parameters, monitor op), the colocation with the VIP resource and
+    (agent, parameters, monitor/start/stop ops), the colocation with the VIP resource and
     the two order constraints. Empty on non-cluster nodes.
 
     CLI Example:
@@ -148,7 +148,9 @@ def _desired(plan):
     return __utils__["ipsec_cib.desired"](
         plan["vips"], pcmk["provider"], pcmk["agent"],
         extra_params=__utils__["ipsec_cib.agent_params"](plan["lookup"]),
-        monitor_interval=plan["pacemaker"]["monitor_interval"],
+        ops=__utils__["ipsec_cib.operations"](
+            plan["pacemaker"]["monitor_interval"], plan["pacemaker"]["start_timeout"],
+            plan["pacemaker"]["stop_timeout"]),
     )
 
 
@@ -186,7 +188,7 @@ def show(cib_file=None):
 def reconcile(remove=False, test=False, cib_file=None):
     """
     Make the CIB hold exactly the VIP tunnel resources of the plan: create
-    what is missing, correct what differs (agent, parameters, monitor op,
+    what is missing, correct what differs (agent, parameters, monitor/start/stop ops,
     constraint attributes), remove the formula's resources whose VIP left
     the plan (with every constraint naming them). ``remove=True`` removes
     all of the formula's resources (clean).
@@ -235,4 +237,92 @@ def reconcile(remove=False, test=False, cib_file=None):
     if left:
         raise CommandExecutionError("the CIB did not take the change of {}".format(", ".join(sorted(left))))
     log.info("ipsec_pacemaker: changed %s", ", ".join(changes))
+    return outcome
+
+
+def clear_agent_missing(test=False, cib_file=None):
+    """
+    Clean up this node's records of the formula's resources that failed
+    because the agent was not installed here yet (pacemaker's "not
+    installed"), so pacemaker probes them again, now with the agent.
+
+    On a first deployment the node that changes the CIB can create the
+    tunnel resources before this node's state has installed the agent; the
+    probe that runs here then bans the resource from this node until a
+    cleanup, and the tunnel could not follow its VIP here. Only this node's
+    records are cleaned (``crm_resource --cleanup --node``), and only those
+    whose agent was missing; an agent that itself answered "not installed"
+    (this node lacks the conn, say) is a real problem and is left alone.
+    ``test=True`` only reports.
+
+    Returns ``{"skipped": reason or None, "node": uname, "cleared": [ids]}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_pacemaker.clear_agent_missing test=True
+    """
+    outcome = {"skipped": None, "node": None, "cleared": []}
+    if not __salt__["ipsec.cluster_node"]():
+        outcome["skipped"] = "not a cluster node (ipsec:cluster)"
+        return outcome
+    cib_file = _cib_file(cib_file)
+    if cib_file:
+        outcome["skipped"] = "CIB file {}: no cluster to probe again".format(cib_file)
+        return outcome
+    opts = options()
+    root = _query(None)
+    node = _run([_binary("crm_node"), "-n"], "crm_node -n")["stdout"].strip()
+    outcome["node"] = node
+    owned = __utils__["ipsec_cib.owned_resources"](root, opts["resource_prefix"], opts["agent"])
+    missing = __utils__["ipsec_cib.agent_missing"](root, node, owned)
+    outcome["cleared"] = missing
+    if test:
+        return outcome
+    for resource in missing:
+        _run([_binary("crm_resource"), "--cleanup", "--resource", resource, "--node", node],
+             "crm_resource --cleanup --resource {} --node {}".format(resource, node))
+        log.info("ipsec_pacemaker: cleaned up %s on %s (probed before the agent was installed)", resource, node)
+    return outcome
+
+
+def release_stale_vips(test=False):
+    """
+    Make pluto let go of the plan's VIPs that left this node without the
+    agent's stop running here (the VIP moved while its tunnel resource did
+    not run on this node: before the resources existed, or while they were
+    banned from it): ``whack --listen``, then this node's client conns
+    toward those VIPs are initiated, as the agent's stop does. Otherwise
+    pluto keeps the gone VIP as its own address and this node can never be
+    a client of the VIP's new holder. ``test=True`` only reports.
+
+    Returns ``{"skipped": reason or None, "released": {vip name: address},
+    "initiated": [client conns]}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_pacemaker.release_stale_vips test=True
+    """
+    outcome = {"skipped": None, "released": {}, "initiated": []}
+    plan = __salt__["ipsec.build"]()
+    if not plan["cluster_node"]:
+        outcome["skipped"] = "not a cluster node (ipsec:cluster)"
+        return outcome
+    if not __salt__["ipsec_pluto.running"]():
+        outcome["skipped"] = "pluto is not running"
+        return outcome
+    listening = __salt__["ipsec.status"]()["addresses"]
+    stale = __utils__["ipsec_cib.stale_vips"](plan["vips"], listening, __salt__["ipsec.local_addresses"]())
+    outcome["released"] = stale
+    outcome["initiated"] = sorted(plan["vips"][name]["fallback_tunnel"] for name in stale
+                                  if plan["vips"][name].get("fallback_tunnel"))
+    if test or not stale:
+        return outcome
+    __salt__["ipsec_pluto.listen"]()
+    if outcome["initiated"]:
+        __salt__["ipsec_pluto.initiate"](outcome["initiated"])
+    log.info("ipsec_pacemaker: pluto let go of %s (gone from this node)", ", ".join(sorted(stale.values())))
     return outcome

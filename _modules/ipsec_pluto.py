@@ -422,6 +422,24 @@ def route(names):
     return {"routed": _each(names, ["--route"], "route")}
 
 
+def listen():
+    """
+    Make pluto scan this node's addresses again (``ipsec whack --listen``):
+    it stops listening on addresses that are gone (conns oriented to them
+    become unoriented and their SAs are deleted) and listens on new ones.
+
+    Returns ``{"listened": True}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' ipsec_pluto.listen
+    """
+    _whack(_lookup(), ["--listen"], quiet=True)
+    return {"listened": True}
+
+
 def rereadsecrets():
     """
     Make pluto forget its secrets and load them again from its secrets file

@@ -23,17 +23,27 @@ def __virtual__():
     return (False, "the ipsec and ipsec_pacemaker execution modules are not loaded (run saltutil.sync_all)")
 
 
-def _run(name, remove, cib_file):
+def _call(name, function, **kwargs):
+    """(ret, test, outcome) of ipsec_pacemaker ``function`` (it takes
+    ``test`` and returns a ``skipped`` reason). outcome is None when ret
+    is final: the call failed, or there is nothing to do here."""
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     test = bool(__opts__["test"])
     try:
-        outcome = __salt__["ipsec_pacemaker.reconcile"](remove=remove, test=test, cib_file=cib_file)
+        outcome = __salt__[function](test=test, **kwargs)
     except (SaltInvocationError, CommandExecutionError) as exc:
         ret["result"] = False
         ret["comment"] = str(exc)
-        return ret
+        return ret, test, None
     if outcome["skipped"]:
         ret["comment"] = "Nothing to do here: {}".format(outcome["skipped"])
+        return ret, test, None
+    return ret, test, outcome
+
+
+def _run(name, remove, cib_file):
+    ret, test, outcome = _call(name, "ipsec_pacemaker.reconcile", remove=remove, cib_file=cib_file)
+    if outcome is None:
         return ret
     changes = outcome["changes"]
     comments = []
@@ -88,3 +98,67 @@ def absent(name, cib_file=None):
           ipsec_pacemaker.absent
     """
     return _run(name, True, cib_file)
+
+
+def _repair(name, function, report):
+    """One of the node's own repairs (``function``: an ipsec_pacemaker
+    function taking ``test``). ``report(outcome, test)`` gives (changes,
+    comment) for what was (or would be) done, or (None, comment) when
+    nothing needs doing."""
+    ret, test, outcome = _call(name, function)
+    if outcome is None:
+        return ret
+    changes, ret["comment"] = report(outcome, test)
+    if changes:
+        ret["changes"] = changes
+        ret["result"] = None if test else True
+    return ret
+
+
+def agent_missing_cleared(name):
+    """
+    Clean up this node's "not installed" records of the formula's tunnel
+    resources: probes that ran before this node had the agent (a first
+    deployment where the CIB was changed before this node's state ran).
+    Require it after the agent's file state. Nothing on non-cluster nodes.
+
+    .. code-block:: yaml
+
+        ipsec-pacemaker-agent-missing-cleared:
+          ipsec_pacemaker.agent_missing_cleared:
+            - require:
+              - ipsec-pacemaker-agent-installed
+    """
+    def report(outcome, test):
+        node, cleared = outcome["node"], outcome["cleared"]
+        if not cleared:
+            return None, "no resource of the formula is marked not installed on {}".format(node)
+        changes = {"cleaned_up": {resource: "not installed on {}: probed before the agent was there".format(node)
+                                  for resource in cleared}}
+        return changes, "{} {} on {} (pacemaker probes them again)".format(
+            "would clean up" if test else "cleaned up", ", ".join(cleared), node)
+    return _repair(name, "ipsec_pacemaker.clear_agent_missing", report)
+
+
+def stale_vips_released(name):
+    """
+    Make pluto let go of the plan's VIPs this node no longer has, when they
+    left without the agent's stop running here, and initiate this node's
+    client conns toward them (``ipsec_pacemaker.release_stale_vips``).
+    Nothing on non-cluster nodes or while pluto is not running.
+
+    .. code-block:: yaml
+
+        ipsec-pacemaker-stale-vips-released:
+          ipsec_pacemaker.stale_vips_released:
+            - require:
+              - ipsec-service-running
+    """
+    def report(outcome, test):
+        if not outcome["released"]:
+            return None, "pluto listens on no VIP this node does not hold"
+        changes = {"released": outcome["released"], "initiated": outcome["initiated"]}
+        return changes, "{} of VIP(s) {} (gone from this node); client conns {}initiated".format(
+            "pluto would let go" if test else "pluto let go", ", ".join(sorted(outcome["released"].values())),
+            "would be " if test else "")
+    return _repair(name, "ipsec_pacemaker.release_stale_vips", report)

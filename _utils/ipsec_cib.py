@@ -8,7 +8,9 @@ changed VIP resource name modifies them instead of leaving old ones behind):
 - ``<primitive id=R class=ocf provider=<provider> type=<agent>>`` with the
   instance attributes ``tunnel``, ``vip``, ``fallbacktunnel`` (plus
   ``ctlsocket``/``ipsec_conf``/``ipsec_bin`` when they differ from the
-  agent's defaults) and one monitor op;
+  agent's defaults) and three ops: a recurring monitor, and start and stop
+  with explicit timeouts (pacemaker's default of 20s killed a start on a
+  slow node; a stop that times out gets the node fenced);
 - ``<rsc_colocation id=R-with-vip rsc=R with-rsc=V score=INFINITY>``;
 - ``<rsc_order id=R-start-after-vip first=V first-action=start then=R
   then-action=start kind=Mandatory symmetrical=false>``;
@@ -19,8 +21,9 @@ Ownership: a top-level primitive whose id starts with ``<resource_prefix>-``
 and whose agent is the formula's. Owned primitives no longer in the plan are
 removed together with every constraint that references them (the CIB schema
 rejects constraints naming a missing resource). Within an owned primitive
-the formula owns the agent, the instance attributes and the monitor op;
-meta attributes (``target-role`` set by ``pcs resource disable``,
+the formula owns the agent, the instance attributes and the monitor, start
+and stop ops (their timeouts are pillar keys, so ``pcs resource op`` edits
+are reverted; set ``ipsec:pacemaker:*_timeout`` instead); meta attributes (``target-role`` set by ``pcs resource disable``,
 ``is-managed``...) and other ops are the operator's and are left alone.
 
 ``reconcile`` works on a parsed copy of the CIB and returns the new document
@@ -29,12 +32,20 @@ plus a report; the execution module turns the difference into one
 """
 
 import copy
+import ipaddress
 import xml.etree.ElementTree as ET
 
 from salt.exceptions import SaltInvocationError
 
 DEFAULT_MONITOR_INTERVAL = "10s"
 MONITOR_TIMEOUT = "20s"
+# start waits for pluto up to half of its timeout (boot: ipsec.service and
+# pacemaker start side by side); every pluto call of an action is bounded
+# by the agent to 3/4 of it, so the action answers before pacemaker kills it.
+DEFAULT_START_TIMEOUT = "60s"
+DEFAULT_STOP_TIMEOUT = "60s"
+# The ops the formula owns, in the order it writes them.
+OWNED_OPS = ("monitor", "start", "stop")
 AGENT_CLASS = "ocf"
 # The agent's own parameter defaults (ipsec/files/ocf/vip-tunnel), equal to
 # the lookup defaults: parameters are only written when the lookup differs.
@@ -75,8 +86,20 @@ def constraint_ids(resource):
     }
 
 
-def desired(vips, provider, agent, extra_params=None, monitor_interval=DEFAULT_MONITOR_INTERVAL):
+def operations(monitor_interval=DEFAULT_MONITOR_INTERVAL, start_timeout=DEFAULT_START_TIMEOUT,
+               stop_timeout=DEFAULT_STOP_TIMEOUT):
+    """The tunnel primitive's ops: {name: {"interval", "timeout"}}."""
+    return {
+        "monitor": {"interval": monitor_interval, "timeout": MONITOR_TIMEOUT},
+        "start": {"interval": "0s", "timeout": start_timeout},
+        "stop": {"interval": "0s", "timeout": stop_timeout},
+    }
+
+
+def desired(vips, provider, agent, extra_params=None, ops=None):
     """The objects the plan's VIPs need, as JSON-able summaries.
+
+    ops: the primitive's ops (``operations()``; its defaults when None).
 
     Returns {vip name: {"vip_resource": V, "objects": {id: summary}}}, in
     plan order (sorted VIP names).
@@ -95,7 +118,7 @@ def desired(vips, provider, agent, extra_params=None, monitor_interval=DEFAULT_M
                 "type": "primitive",
                 "agent": agent_name(provider, agent),
                 "params": dict(sorted(params.items())),
-                "monitor": {"interval": monitor_interval, "timeout": MONITOR_TIMEOUT},
+                "ops": copy.deepcopy(ops or operations()),
             },
             ids["colocation"]: {
                 "type": "rsc_colocation", "rsc": resource, "with-rsc": vip_resource, "score": "INFINITY",
@@ -145,7 +168,8 @@ def element(object_id, summary):
         prim = ET.Element("primitive", {"id": object_id, "class": cls, "provider": provider, "type": agent})
         prim.append(_instance_attributes(object_id, summary["params"]))
         ops = ET.SubElement(prim, "operations")
-        ops.append(_monitor_op(object_id, summary["monitor"]))
+        for name in OWNED_OPS:
+            ops.append(_op(object_id, name, summary["ops"][name]))
         return prim
     attrs = {"id": object_id}
     attrs.update((k, v) for k, v in summary.items() if k != "type")
@@ -160,11 +184,21 @@ def _instance_attributes(resource, params):
     return block
 
 
-def _monitor_op(resource, monitor):
+def _op(resource, name, op):
     return ET.Element("op", {
-        "id": resource + "-monitor", "name": "monitor",
-        "interval": monitor["interval"], "timeout": monitor["timeout"],
+        "id": "{}-{}".format(resource, name), "name": name,
+        "interval": op["interval"], "timeout": op["timeout"],
     })
+
+
+def _ops_named(elem, name):
+    return [op for op in elem.findall("operations/op") if op.get("name") == name]
+
+
+def _op_summary(ops):
+    """One op as {"interval", "timeout"}; several as a list; none: None."""
+    found = [{"interval": op.get("interval"), "timeout": op.get("timeout")} for op in ops]
+    return found[0] if len(found) == 1 else (found or None)
 
 
 def summary(elem):
@@ -174,15 +208,11 @@ def summary(elem):
         for block in elem.findall("instance_attributes"):
             for pair in block.findall("nvpair"):
                 params[pair.get("name")] = pair.get("value")
-        monitors = [
-            {"interval": op.get("interval"), "timeout": op.get("timeout")}
-            for op in elem.findall("operations/op") if op.get("name") == "monitor"
-        ]
         return {
             "type": "primitive",
             "agent": "{}:{}:{}".format(elem.get("class"), elem.get("provider"), elem.get("type")),
             "params": dict(sorted(params.items())),
-            "monitor": monitors[0] if len(monitors) == 1 else (monitors or None),
+            "ops": {name: _op_summary(_ops_named(elem, name)) for name in OWNED_OPS},
         }
     found = {"type": elem.tag}
     found.update((k, v) for k, v in elem.attrib.items() if k != "id")
@@ -244,15 +274,18 @@ def _update_primitive(prim, want):
     ops = prim.find("operations")
     if ops is None:
         ops = ET.SubElement(prim, "operations")
-    monitors = [op for op in ops.findall("op") if op.get("name") == "monitor"]
-    current = [{"interval": op.get("interval"), "timeout": op.get("timeout")} for op in monitors]
-    if current != [want["monitor"]]:
-        position = list(ops).index(monitors[0]) if monitors else len(ops)
-        for op in monitors:
+    for name in OWNED_OPS:
+        found = _ops_named(prim, name)
+        if _op_summary(found) == want["ops"][name]:
+            continue
+        # In place of the first op of that name (an operator's pcs op
+        # included): the patch modifies it instead of moving things around.
+        position = list(ops).index(found[0]) if found else len(ops)
+        for op in found:
             ops.remove(op)
-        op = _monitor_op(resource, want["monitor"])
-        if any(other.get("id") == op.get("id") for other in ops):
-            op.set("id", op.get("id") + "-" + want["monitor"]["interval"])
+        op = _op(resource, name, want["ops"][name])
+        if any(other.get("id") == op.get("id") for other in prim.iter("op")):
+            op.set("id", "{}-{}".format(op.get("id"), want["ops"][name]["interval"]))
         ops.insert(position, op)
 
 
@@ -371,6 +404,61 @@ def owned(root, prefix, agent):
             if isinstance(constraint.tag, str) and references(constraint, resource):
                 found[constraint.get("id")] = summary(constraint)
     return found
+
+
+# --- probes that ran before the agent was there -----------------------------
+
+# pacemaker's execution status of an action whose agent (or a dependency of
+# it) was not found on the node: PCMK_EXEC_NOT_INSTALLED. An agent that
+# itself answers 5 (OCF_ERR_INSTALLED: e.g. this node's conn is missing)
+# has op-status 0 and is a real problem, left to the operator.
+EXEC_NOT_INSTALLED = "7"
+
+
+def agent_missing(root, node, resources):
+    """The ``resources`` whose history on ``node`` (its uname) holds an
+    action that failed because the agent was not there.
+
+    On a first deployment the node that changes the CIB may create the
+    tunnel resources before another node's state has installed the agent;
+    that node's probe then records "not installed", which bans the resource
+    from it until a cleanup (the tunnel could not follow its VIP there).
+    """
+    wanted = set(resources)
+    found = set()
+    for state in root.iter("node_state"):
+        if state.get("uname") != node:
+            continue
+        for history in state.iter("lrm_resource"):
+            if history.get("id") in wanted and any(
+                    op.get("op-status") == EXEC_NOT_INSTALLED for op in history.iter("lrm_rsc_op")):
+                found.add(history.get("id"))
+    return sorted(found)
+
+
+# --- VIPs pluto still listens on after they left ----------------------------
+
+def stale_vips(vips, listening, local):
+    """{vip name: address} of the plan's ``vips`` that pluto listens on
+    (``listening``: the addresses of ``ipsec.status``) although this node
+    no longer has them (``local``: its live addresses).
+
+    The agent's stop makes pluto let go of a VIP that leaves the node. A
+    VIP that leaves while its tunnel resource does not run here (before the
+    resources exist, or banned from this node) has no stop here: pluto
+    keeps listening on it, keeps serving it to clients that still reach it
+    through their old SAs, and cannot orient this node's own client conn
+    toward the VIP ("we cannot identify ourselves").
+    """
+    def canonical(address):
+        try:
+            return str(ipaddress.ip_address(str(address).split("%")[0]))
+        except ValueError:
+            return str(address)
+    listening = {canonical(a) for a in listening}
+    local = {canonical(a) for a in local}
+    return {name: vip["address"] for name, vip in sorted(vips.items())
+            if canonical(vip["address"]) in listening and canonical(vip["address"]) not in local}
 
 
 # --- who applies ----------------------------------------------------------

@@ -25,6 +25,9 @@ DEFAULT_CONFIG_SETUP = {"uniqueids": "no"}
 DEFAULT_RESOURCE_PREFIX = "tripleo-ipsec"
 DEFAULT_VIP_RESOURCE = "ip-{address}"
 DEFAULT_MONITOR_INTERVAL = "10s"
+# The tunnel resource's start and stop op timeouts (ipsec_cib explains why).
+DEFAULT_START_TIMEOUT = "60s"
+DEFAULT_STOP_TIMEOUT = "60s"
 MIN_PSK_LENGTH = 32
 # Libreswan reads a secrets line into a fixed buffer: a longer PSK is cut
 # into fragments that pluto then logs. The token as written (quoted, or
@@ -130,7 +133,8 @@ KNOWN_KEYS = {
     "nodes": {"addresses"},
     "mine": {"target", "tgt_type", "function"},
     "cluster": {"nodes", "grain", "detect"},
-    "pacemaker": {"manage", "resource_prefix", "vip_resource", "apply_from", "monitor_interval"},
+    "pacemaker": {"manage", "resource_prefix", "vip_resource", "apply_from", "monitor_interval",
+                  "start_timeout", "stop_timeout"},
     "firewall": {"manage", "backend", "table", "persist"},
     "clean": {"remove_package"},
     "lookup": set(DEFAULT_LOOKUP),
@@ -739,7 +743,8 @@ def _pattern(value, key, regex, what):
 
 
 def parse_interval(value, key="pacemaker:monitor_interval"):
-    """A pacemaker interval from pillar (int seconds or '10s', '1min'), > 0."""
+    """A pacemaker interval or timeout from pillar (int seconds or '10s',
+    '1min'), > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         fail(key, "{!r} is not a pacemaker interval (e.g. 10s, 1min, 30)".format(_short(value)))
     text = str(value)
@@ -769,6 +774,10 @@ def parse_pacemaker(conf, warnings):
         "vip_resource": vip_resource,
         "apply_from": apply_from,
         "monitor_interval": parse_interval(pacemaker.get("monitor_interval", DEFAULT_MONITOR_INTERVAL)),
+        "start_timeout": parse_interval(pacemaker.get("start_timeout", DEFAULT_START_TIMEOUT),
+                                        "pacemaker:start_timeout"),
+        "stop_timeout": parse_interval(pacemaker.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
+                                       "pacemaker:stop_timeout"),
     }
 
 

@@ -222,11 +222,20 @@ def _not_needed(entry, conn, reason):
     entry["reason"] = reason
 
 
-def verify(plan, status, level="child"):
+STALE_VIP = ("pluto listens on VIP {} although this node no longer has it (it left while the VIP's tunnel "
+             "resource did not run here, so no agent stop made pluto let go): pluto still serves clients that "
+             "reach it through old SAs and cannot orient this node's client conn toward the VIP; "
+             "state.apply ipsec (ipsec-pacemaker-stale-vips-released) or ipsec whack --listen")
+
+
+def verify(plan, status, level="child", local=None):
     """Compare a plan (``ipsec.plan``) with a parsed status (``ipsec.status``).
 
     level: "child" (default: IKE SA and Child SA established) or "ike" (an
     established IKE SA is enough: kernels without ESP).
+    local: this node's live addresses, when known. A VIP pluto listens on
+    that is not among them is stale: both VIP conns fail (``STALE_VIP``),
+    since pluto would count it as held.
 
     Returns:
     - ``result``: true only when every planned conn is as expected (``ok``);
@@ -256,6 +265,7 @@ def verify(plan, status, level="child"):
         if _canonical(address) not in listening:
             listening.append(_canonical(address))
     held = set(listening)
+    stale = set() if local is None else held - {_canonical(address) for address in local}
     by_base, ike_index = {}, {}
     for conn in status["connections"].values():
         by_base.setdefault(conn["base"], []).append(conn)
@@ -280,10 +290,14 @@ def verify(plan, status, level="child"):
         template = next((conn for conn in conns if conn["instance"] is None), None)
         if role in ("vip-server", "vip-client"):
             vip = _canonical(planned.get("peer"))
-            is_held = vip in held
-            vips.setdefault(vip, {"network": planned.get("network"), "held": is_held})
+            is_held = vip in held and vip not in stale
+            vips.setdefault(vip, dict({"network": planned.get("network"), "held": is_held},
+                                      **({"stale": True} if vip in stale else {})))
             entry["vip_held"] = is_held
-            if role == "vip-server" and is_held:
+            if vip in stale:
+                _not_needed(entry, template, STALE_VIP.format(vip))
+                entry["ok"] = False
+            elif role == "vip-server" and is_held:
                 peers = (networks.get(planned.get("network")) or {}).get("peers") or {}
                 _server_conn(entry, planned, template, [c for c in conns if c["instance"]],
                              peers, ike_index, level, client_auto.get(vip, "start"))
@@ -494,12 +508,12 @@ def _traffic_problem(peer, ike_sas, child_sas, before, after, reply, timeout, ne
     return seen, None
 
 
-def traffic(plan, before, after, targets, replies, timeout):
+def traffic(plan, before, after, targets, replies, timeout, local=None):
     """The traffic-level verdict: the Child-level verdict of ``after`` (the
     status read after the probe round), where every probed tunnel must also
     have exactly one Child SA and one IKE SA and counters that moved both
-    ways between ``before`` and ``after``."""
-    verdict = verify(plan, after, "child")
+    ways between ``before`` and ``after``. ``local``: as for ``verify``."""
+    verdict = verify(plan, after, "child", local)
     no_reply = {"sent": 0, "answered": False, "error": "not probed"}
     stale = {}  # "conn [client ...]": note on a replaced pair pluto keeps
     by_conn = {}

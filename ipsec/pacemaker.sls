@@ -34,4 +34,21 @@ ipsec-pacemaker-vip-resources-managed:
       - ipsec-service-running
 {%- if plan.cluster_node %}
       - ipsec-pacemaker-agent-installed
+
+{#- A first deployment: if the CIB was changed before this node's state
+    installed the agent, the probes that ran here recorded "not installed"
+    and ban the tunnel resources from this node; clean those records up. #}
+ipsec-pacemaker-agent-missing-cleared:
+  ipsec_pacemaker.agent_missing_cleared:
+    - require:
+      - ipsec-pacemaker-agent-installed
+
+{#- A VIP that left this node while its tunnel resource did not run here
+    (the same first deployment moves VIPs away from nodes without the
+    agent) had no agent stop to make pluto let go of it. #}
+ipsec-pacemaker-stale-vips-released:
+  ipsec_pacemaker.stale_vips_released:
+    - require:
+      - ipsec-service-running
+      - ipsec-tunnel-files-managed
 {%- endif %}

@@ -104,16 +104,17 @@ class VipNode:
             env["OCF_RESKEY_" + name] = value
         return env
 
-    def agent_process(self, action, interval=None, timeout_ms=2000, **overrides):
+    def agent_process(self, action, interval=None, timeout_ms=20000, **overrides):
         """Start one agent action in the namespace (a Popen)."""
         return subprocess.Popen(["ip", "netns", "exec", self.ns.name, self.agent_path, action],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=self._env(interval, timeout_ms, overrides))
 
-    def agent(self, action, interval=None, timeout_ms=2000, **overrides):
+    def agent(self, action, interval=None, timeout_ms=20000, **overrides):
         """Run one agent action in the namespace: (exit code, stderr).
         timeout_ms: the action's timeout as pacemaker passes it (start waits
-        up to half of it for pluto)."""
+        up to half of it for pluto; every pluto call is bounded by 3/4 of
+        it); pacemaker's default, 20 s, unless told."""
         process = self.agent_process(action, interval, timeout_ms, **overrides)
         _, err = process.communicate(timeout=60)
         return process.returncode, err

@@ -5,7 +5,9 @@ loaded or the VIP is absent (TripleO's agent said "running" there); and a
 real failover between two nodes makes the old VIP holder an IKE client of
 the new one, with both plutos alive."""
 
+import os
 import re
+import signal
 import subprocess
 import time
 
@@ -140,7 +142,7 @@ def test_pluto_down(node):
     # the start waits for pluto. Only a recurring monitor calls it failed.
     assert n.agent("monitor", interval=0)[0] == OCF_NOT_RUNNING
     assert n.agent("validate-all")[0] == OCF_SUCCESS             # configuration is fine
-    rc, err = n.agent("start")
+    rc, err = n.agent("start", timeout_ms=2000)                  # waits 1 s for pluto
     assert rc == OCF_ERR_GENERIC and "ocf-exit-reason:pluto does not answer" in err
     assert n.agent("stop")[0] == OCF_SUCCESS                     # nothing to stop
     n.del_vip()
@@ -159,6 +161,34 @@ def test_start_waits_for_a_pluto_still_starting(node):
     _, err = starting.communicate(timeout=30)
     assert starting.returncode == OCF_SUCCESS, err
     assert n.agent("monitor", interval=10000)[0] == OCF_SUCCESS
+
+
+def test_a_hung_pluto_cannot_make_an_action_outlive_its_timeout(node):
+    """pluto stopped (SIGSTOP): its control socket still accepts, nothing
+    answers. Pacemaker kills an action at its timeout, and a killed stop
+    gets the node fenced: every action answers before that, and says why."""
+    n = node()
+    assert n.agent("start")[0] == OCF_SUCCESS
+    timeout_ms = 8000
+    os.kill(n.pluto.process.pid, signal.SIGSTOP)
+    try:
+        answers = []
+        for action, interval, vip_here in (("monitor", 10000, True), ("start", None, True),
+                                           ("monitor", 0, True), ("stop", None, False)):
+            if not vip_here:
+                n.del_vip()  # the order stops the VIP before this resource
+            began = time.monotonic()
+            rc, err = n.agent(action, interval=interval, timeout_ms=timeout_ms)
+            took = time.monotonic() - began
+            answers.append((action, interval, rc))
+            assert took < timeout_ms / 1000, (action, took, err)   # pacemaker would have killed it
+            assert "pluto does not answer" in err, (action, err)
+        assert answers == [("monitor", 10000, OCF_ERR_GENERIC), ("start", None, OCF_ERR_GENERIC),
+                           ("monitor", 0, OCF_NOT_RUNNING), ("stop", None, OCF_SUCCESS)]
+    finally:
+        os.kill(n.pluto.process.pid, signal.SIGCONT)
+    # pluto resumed: nothing of the bounded calls left it broken.
+    assert n.pluto.whack("--briefstatus").returncode == 0
 
 
 def test_conn_not_loaded(node):

@@ -43,7 +43,8 @@ def expected_ids(names):
     for name in names:
         resource = "tripleo-ipsec-" + name
         ids |= {resource, resource + "-with-vip", resource + "-start-after-vip", resource + "-stop-after-vip",
-                resource + "-instance_attributes", resource + "-monitor"}
+                resource + "-instance_attributes", resource + "-monitor", resource + "-start",
+                resource + "-stop"}
         ids |= {resource + "-instance_attributes-" + p
                 for p in ("tunnel", "vip", "fallbacktunnel", "ctlsocket", "ipsec_conf")}
     return ids
@@ -78,7 +79,9 @@ def test_apply_creates_valid_resources_then_is_idempotent(pacemaker_node):
             "ipsec_conf": node.layout.config_file,
         }
         ops = [op.attrib for op in prim.iter("op")]
-        assert ops == [{"id": resource + "-monitor", "name": "monitor", "interval": "10s", "timeout": "20s"}]
+        assert ops == [{"id": resource + "-monitor", "name": "monitor", "interval": "10s", "timeout": "20s"},
+                       {"id": resource + "-start", "name": "start", "interval": "0s", "timeout": "60s"},
+                       {"id": resource + "-stop", "name": "stop", "interval": "0s", "timeout": "60s"}]
         vip = "ip-" + address
         assert objects[resource + "-with-vip"] == ("rsc_colocation", {
             "id": resource + "-with-vip", "rsc": resource, "with-rsc": vip, "score": "INFINITY"})
@@ -106,10 +109,11 @@ def test_drift_and_pillar_changes_reconciled_and_test_mode_exact(pacemaker_node)
              node.cib)
     pcmk.run(["crm_resource", "--resource", "tripleo-ipsec-storage", "--meta", "--set-parameter", "target-role",
               "--parameter-value", "Stopped"], node.cib)
-    # Pillar changes: monitor interval, VIP resources named by VIP name.
+    # Pillar changes: monitor interval, stop timeout, VIP resources named by
+    # VIP name.
     for name, address in VIPS.items():
         pcmk.create(node.cib, "resources", pcmk.vip_primitive(address, resource="vip-" + name))
-    node.set_pillar(node.pillar(monitor_interval="30s", vip_resource="vip-{name}"))
+    node.set_pillar(node.pillar(monitor_interval="30s", stop_timeout=90, vip_resource="vip-{name}"))
 
     before = read(node.cib)
     predicted = node.apply("test=True")
@@ -126,7 +130,9 @@ def test_drift_and_pillar_changes_reconciled_and_test_mode_exact(pacemaker_node)
     assert len(cib_changes) == 12
     redis = cib_changes["tripleo-ipsec-redis"]
     assert redis["old"]["params"]["vip"] == "198.51.100.99" and redis["new"]["params"]["vip"] == "198.51.100.101"
-    assert redis["old"]["monitor"]["interval"] == "10s" and redis["new"]["monitor"]["interval"] == "30s"
+    assert redis["old"]["ops"]["monitor"]["interval"] == "10s" and redis["new"]["ops"]["monitor"]["interval"] == "30s"
+    assert redis["old"]["ops"]["stop"]["timeout"] == "60s" and redis["new"]["ops"]["stop"]["timeout"] == "90s"
+    assert redis["old"]["ops"]["start"] == redis["new"]["ops"]["start"]
     assert cib_changes["tripleo-ipsec-storage-stop-after-vip"]["old"] is None
     assert cib_changes["tripleo-ipsec-internal_api-with-vip"]["new"]["with-rsc"] == "vip-internal_api"
 
@@ -136,6 +142,8 @@ def test_drift_and_pillar_changes_reconciled_and_test_mode_exact(pacemaker_node)
     meta = {p.get("name"): p.get("value") for p in storage.iter("nvpair") if p.get("name") == "target-role"}
     assert meta == {"target-role": "Stopped"}, "the operator's target-role was not kept"
     assert params(primitive(node.cib, "tripleo-ipsec-redis"))["vip"] == "198.51.100.101"
+    stops = [op.get("timeout") for op in primitive(node.cib, "tripleo-ipsec-redis").iter("op") if op.get("name") == "stop"]
+    assert stops == ["90s"]
     objects = pcmk.objects(node.cib)
     assert objects["tripleo-ipsec-storage-stop-after-vip"][1]["first"] == "vip-storage"
 

@@ -42,8 +42,13 @@ def vips(node="controller-0", **pacemaker):
     return plan["vips"]
 
 
-def wanted(extra=None, interval="10s", **pacemaker):
-    return ipsec_cib.desired(vips(**pacemaker), "ipsec-formula", "vip-tunnel", extra, interval)
+def wanted(extra=None, interval="10s", start="60s", stop="60s", **pacemaker):
+    return ipsec_cib.desired(vips(**pacemaker), "ipsec-formula", "vip-tunnel", extra,
+                             ipsec_cib.operations(interval, start, stop))
+
+
+OPS = {"monitor": {"interval": "10s", "timeout": "20s"}, "start": {"interval": "0s", "timeout": "60s"},
+       "stop": {"interval": "0s", "timeout": "60s"}}
 
 
 def applied(text=EMPTY, want=None, adopt=False):
@@ -70,7 +75,7 @@ def test_desired_objects_per_vip_follow_tripleo_names():
         "agent": AGENT,
         "params": {"fallbacktunnel": "overcloud-redis-node-to-vip-tunnel", "tunnel": "overcloud-redis-vip-tunnel",
                    "vip": "198.51.100.101"},
-        "monitor": {"interval": "10s", "timeout": "20s"},
+        "ops": OPS,
     }
     assert redis["objects"]["tripleo-ipsec-redis-with-vip"] == {
         "type": "rsc_colocation", "rsc": "tripleo-ipsec-redis", "with-rsc": "ip-198.51.100.101", "score": "INFINITY"}
@@ -110,7 +115,9 @@ def test_reconcile_creates_everything_then_nothing():
     pairs = {p.get("id"): (p.get("name"), p.get("value")) for p in prim.iter("nvpair")}
     assert pairs["tripleo-ipsec-storage-instance_attributes-vip"] == ("vip", "203.0.113.100")
     assert [op.attrib for op in prim.iter("op")] == [
-        {"id": "tripleo-ipsec-storage-monitor", "name": "monitor", "interval": "10s", "timeout": "20s"}]
+        {"id": "tripleo-ipsec-storage-monitor", "name": "monitor", "interval": "10s", "timeout": "20s"},
+        {"id": "tripleo-ipsec-storage-start", "name": "start", "interval": "0s", "timeout": "60s"},
+        {"id": "tripleo-ipsec-storage-stop", "name": "stop", "interval": "0s", "timeout": "60s"}]
     # Constraints go to <constraints>, primitives to <resources>.
     assert [c.get("id") for c in new.find("configuration/constraints")][:3] == [
         "tripleo-ipsec-internal_api-with-vip", "tripleo-ipsec-internal_api-start-after-vip",
@@ -132,8 +139,13 @@ def test_reconcile_corrects_drift_and_keeps_the_operators_settings():
     meta = ET.SubElement(prim, "meta_attributes", {"id": "tripleo-ipsec-redis-meta_attributes"})
     ET.SubElement(meta, "nvpair", {"id": "tripleo-ipsec-redis-meta-target-role", "name": "target-role",
                                    "value": "Stopped"})
-    ET.SubElement(prim.find("operations"), "op", {"id": "redis-start", "name": "start", "interval": "0",
-                                                  "timeout": "60s"})
+    # An operator's ops: a start op edited with pcs (the formula's now), and
+    # an op the formula does not own.
+    for op in prim.iter("op"):
+        if op.get("name") == "start":
+            op.set("timeout", "20s")
+    ET.SubElement(prim.find("operations"), "op", {"id": "redis-notify", "name": "notify", "interval": "0",
+                                                  "timeout": "5s"})
     find(new, "tripleo-ipsec-redis-with-vip").set("score", "100")
     constraints = new.find("configuration/constraints")
     constraints.remove(find(new, "tripleo-ipsec-storage-stop-after-vip"))
@@ -151,7 +163,10 @@ def test_reconcile_corrects_drift_and_keeps_the_operators_settings():
     assert changes["tripleo-ipsec-redis-with-vip"]["old"]["score"] == "100"
     prim = find(fixed, "tripleo-ipsec-redis")
     assert find(prim, "tripleo-ipsec-redis-meta-target-role").get("value") == "Stopped"
-    assert [(op.get("name"), op.get("interval")) for op in prim.iter("op")] == [("monitor", "30s"), ("start", "0")]
+    assert redis["old"]["ops"]["start"] == {"interval": "0s", "timeout": "20s"}
+    assert redis["new"]["ops"]["start"] == {"interval": "0s", "timeout": "60s"}
+    assert [(op.get("name"), op.get("interval"), op.get("timeout")) for op in prim.iter("op")] == [
+        ("monitor", "30s", "20s"), ("start", "0s", "60s"), ("stop", "0s", "60s"), ("notify", "0", "5s")]
     assert applied(ipsec_cib.serialize(fixed), wanted(interval="30s"))[1] == {}
 
 
@@ -313,9 +328,13 @@ def test_dc_name_and_who_applies():
 def test_options_and_intervals():
     assert ipsec_plan.parse_pacemaker({}, []) == {
         "manage": None, "resource_prefix": "tripleo-ipsec", "vip_resource": "ip-{address}", "apply_from": None,
-        "monitor_interval": "10s"}
-    options = ipsec_plan.parse_pacemaker({"pacemaker": {"monitor_interval": 30, "apply_from": "c-1"}}, [])
-    assert options["monitor_interval"] == "30s"
+        "monitor_interval": "10s", "start_timeout": "60s", "stop_timeout": "60s"}
+    assert ipsec_plan.DEFAULT_START_TIMEOUT == ipsec_cib.DEFAULT_START_TIMEOUT
+    assert ipsec_plan.DEFAULT_STOP_TIMEOUT == ipsec_cib.DEFAULT_STOP_TIMEOUT
+    assert ipsec_plan.DEFAULT_MONITOR_INTERVAL == ipsec_cib.DEFAULT_MONITOR_INTERVAL
+    options = ipsec_plan.parse_pacemaker(
+        {"pacemaker": {"monitor_interval": 30, "apply_from": "c-1", "start_timeout": 90, "stop_timeout": "2min"}}, [])
+    assert (options["monitor_interval"], options["start_timeout"], options["stop_timeout"]) == ("30s", "90s", "2min")
     for good in ("10s", "1min", "500ms", "2h"):
         assert ipsec_plan.parse_interval(good) == good
     for bad in ("0", "ten", "10 s", True, -5, "10d", "10s\n", "1min\x00"):
@@ -338,9 +357,107 @@ def test_plan_rejects_bad_pacemaker_pillar(pacemaker, message):
     assert str(caught.value).startswith(message)
 
 
+DURATION_KEYS = ("monitor_interval", "start_timeout", "stop_timeout")
+
+
+@pytest.mark.parametrize("key", DURATION_KEYS)
+@pytest.mark.parametrize("bad", ["0", "ten", "10 s", True, -5, "10d", "10s\n", "1min\x00", 1.5, [10], {"s": 1}, ""])
+def test_every_duration_key_refuses_every_bad_value_and_names_itself(key, bad):
+    pillar = examples.pillar(pacemaker={key: bad})
+    with pytest.raises(SaltInvocationError) as caught:
+        ipsec_plan.build_plan(pillar, "controller-0", examples.own_ips("controller-0"), cluster_node=True)
+    assert str(caught.value).startswith("ipsec:pacemaker:{}: ".format(key))
+    assert "is not a pacemaker interval" in str(caught.value)
+
+
+def test_start_and_stop_timeouts_from_pillar_reach_the_primitive_and_are_reconciled():
+    plan = ipsec_plan.build_plan(examples.pillar(pacemaker={"start_timeout": 90, "stop_timeout": "2min"}),
+                                 "controller-0", examples.own_ips("controller-0"), cluster_node=True)
+    options = plan["pacemaker"]
+    ops = ipsec_cib.operations(options["monitor_interval"], options["start_timeout"], options["stop_timeout"])
+    want = ipsec_cib.desired(plan["vips"], "ipsec-formula", "vip-tunnel", None, ops)
+    first, _ = applied()
+    new, changes = applied(ipsec_cib.serialize(first), want)
+    # Only the primitives change, and only their start and stop ops.
+    assert set(changes) == {"tripleo-ipsec-internal_api", "tripleo-ipsec-redis", "tripleo-ipsec-storage"}
+    for change in changes.values():
+        assert change["old"]["ops"]["start"]["timeout"] == "60s" and change["new"]["ops"]["start"]["timeout"] == "90s"
+        assert change["old"]["ops"]["stop"]["timeout"] == "60s" and change["new"]["ops"]["stop"]["timeout"] == "2min"
+        assert change["old"]["ops"]["monitor"] == change["new"]["ops"]["monitor"]
+    prim = find(new, "tripleo-ipsec-redis")
+    assert [(op.get("id"), op.get("timeout")) for op in prim.iter("op")] == [
+        ("tripleo-ipsec-redis-monitor", "20s"), ("tripleo-ipsec-redis-start", "90s"),
+        ("tripleo-ipsec-redis-stop", "2min")]
+    assert applied(ipsec_cib.serialize(new), want)[1] == {}
+
+
+def test_a_primitive_without_start_and_stop_ops_gets_them():
+    """A CIB written before the formula owned start and stop (only the
+    monitor op) is completed in place, the monitor untouched."""
+    first, _ = applied()
+    for prim in first.iter("primitive"):
+        ops = prim.find("operations")
+        if ops is not None:
+            for op in list(ops):
+                if op.get("name") != "monitor":
+                    ops.remove(op)
+    new, changes = applied(ipsec_cib.serialize(first))
+    assert set(changes) == {"tripleo-ipsec-internal_api", "tripleo-ipsec-redis", "tripleo-ipsec-storage"}
+    assert changes["tripleo-ipsec-redis"]["old"]["ops"] == dict(OPS, start=None, stop=None)
+    assert [op.get("name") for op in find(new, "tripleo-ipsec-redis").iter("op")] == ["monitor", "start", "stop"]
+
+
 def test_plan_accepts_the_pacemaker_pillar_keys():
     pillar = examples.pillar(pacemaker={"manage": True, "apply_from": "controller-1", "monitor_interval": 30,
                                         "resource_prefix": "tripleo-ipsec", "vip_resource": "ip-{address}"})
     plan = ipsec_plan.build_plan(copy.deepcopy(pillar), "controller-0", examples.own_ips("controller-0"),
                                  cluster_node=True)
     assert not [w for w in plan["warnings"] if "pacemaker" in w]
+
+
+def lrm_op(op_id, operation, rc, op_status):
+    return ('<lrm_rsc_op id="{}" operation="{}" interval="0" rc-code="{}" op-status="{}" '
+            'call-id="1" crm-debug-origin="do_update_resource"/>').format(op_id, operation, rc, op_status)
+
+
+def status_cib(histories):
+    """A CIB whose status section holds, per node uname, {resource: [ops]}."""
+    states = []
+    for index, (uname, resources) in enumerate(sorted(histories.items()), 1):
+        rows = "".join('<lrm_resource id="{}" type="vip-tunnel" class="ocf" provider="ipsec-formula">{}'
+                       '</lrm_resource>'.format(resource, "".join(ops)) for resource, ops in resources.items())
+        states.append('<node_state id="{}" uname="{}"><lrm id="{}"><lrm_resources>{}</lrm_resources></lrm>'
+                      '</node_state>'.format(index, uname, index, rows))
+    return EMPTY.replace("<status/>", "<status>{}</status>".format("".join(states)))
+
+
+def test_agent_missing_finds_only_this_nodes_probes_that_found_no_agent():
+    # op-status 7: pacemaker found no agent; op-status 0 with rc 5: the
+    # agent itself said "not installed" (a real problem, not cleaned up).
+    missing_agent = [lrm_op("r_last_failure_0", "monitor", 5, 7), lrm_op("r_last_0", "monitor", 5, 7)]
+    agent_said_so = [lrm_op("r_last_failure_0", "monitor", 5, 0)]
+    probed_fine = [lrm_op("r_last_0", "monitor", 7, 0)]
+    root = ipsec_cib.parse(status_cib({
+        "n1": {"tripleo-ipsec-redis": missing_agent, "tripleo-ipsec-storage": agent_said_so,
+               "tripleo-ipsec-internal_api": probed_fine, "ip-198.51.100.101": missing_agent},
+        "n2": {"tripleo-ipsec-storage": missing_agent, "tripleo-ipsec-redis": probed_fine},
+    }))
+    owned = ["tripleo-ipsec-internal_api", "tripleo-ipsec-redis", "tripleo-ipsec-storage"]
+    assert ipsec_cib.agent_missing(root, "n1", owned) == ["tripleo-ipsec-redis"]   # not the VIP: not ours
+    assert ipsec_cib.agent_missing(root, "n2", owned) == ["tripleo-ipsec-storage"]
+    assert ipsec_cib.agent_missing(root, "n3", owned) == []
+    assert ipsec_cib.agent_missing(ipsec_cib.parse(EMPTY), "n1", owned) == []
+
+
+def test_stale_vips_are_the_planned_vips_pluto_listens_on_but_the_node_lost():
+    vips = {"internal_api": {"address": "198.51.100.100"}, "storage": {"address": "203.0.113.100"},
+            "v6": {"address": "2001:db8::100"}}
+    own = ["198.51.100.10", "2001:db8::10"]
+    # pluto's listen list may spell IPv6 differently (and never the VIP's
+    # own zero-padded form): compared as addresses.
+    listening = ["198.51.100.10", "198.51.100.100", "2001:0db8:0000::0100", "2001:db8::10"]
+    assert ipsec_cib.stale_vips(vips, listening, own) == {"internal_api": "198.51.100.100", "v6": "2001:db8::100"}
+    # The holder has it: not stale. A VIP pluto does not listen on: not stale.
+    assert ipsec_cib.stale_vips(vips, listening, own + ["198.51.100.100", "2001:db8::100"]) == {}
+    assert ipsec_cib.stale_vips(vips, ["198.51.100.10"], own) == {}
+    assert ipsec_cib.stale_vips({}, listening, own) == {}

@@ -43,6 +43,10 @@ def module(tmp_path):
         grains={"os_family": "Debian", "ipv4": ["198.51.100.20", "198.51.100.140"], "ipv6": ["2001:db8:0:1::20"]},
         opts={"id": "compute-0"})
     mod.socket = str(socket)
+    # The node's live addresses (verify compares the VIPs pluto listens on
+    # with them): compute-0's, as its grains say.
+    mod.__salt__["network.ip_addrs"] = lambda: ["198.51.100.20", "198.51.100.140"]
+    mod.__salt__["network.ip_addrs6"] = lambda: ["2001:db8:0:1::20"]
     return mod
 
 

@@ -466,3 +466,25 @@ def test_traffic_level_does_not_probe_what_is_down_and_keeps_its_reason():
     assert (api["left"], api["right"]) not in seen and seen == sorted(seen) and seen
     assert list(result["failed"]) == [N2N_API]
     assert "established but no established Child SA" in result["failed"][N2N_API]
+
+
+def test_a_vip_pluto_listens_on_but_the_node_lost_fails_both_vip_conns():
+    """The VIP left this node without the agent's stop (its tunnel resource
+    did not run here): pluto still listens on it. Counted as held by
+    pluto's view alone, the node would pass as the VIP's holder; with the
+    node's live addresses both VIP conns fail, saying why and what to do."""
+    plan = plan_for("controller-0")
+    status = status_for(plan)
+    own = sorted(plan["addresses"].values())
+    vips = sorted({c["peer"] for c in plan["connections"].values() if c["role"] == "vip-server"})
+    assert verdict(plan, status)["result"] is True                    # pluto's view only
+    assert ipsec_verify.verify(plan, status, "child", own + vips)["result"] is True
+    kept = [v for v in vips if v != "198.51.100.100"]
+    result = ipsec_verify.verify(plan, status, "child", own + kept)
+    assert result["result"] is False
+    assert set(result["failed"]) == {API_SERVER, API_CLIENT}
+    for name in (API_SERVER, API_CLIENT):
+        assert result["failed"][name] == ipsec_verify.STALE_VIP.format("198.51.100.100")
+        assert result["connections"][name]["vip_held"] is False
+    assert result["vips"]["198.51.100.100"] == {"network": "internal_api", "held": False, "stale": True}
+    assert "stale" not in result["vips"][kept[0]]
