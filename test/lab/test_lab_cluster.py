@@ -17,6 +17,7 @@ import os
 
 import pytest
 
+import ipsec_verify
 from labkit import clusterlab, failover
 
 ROUNDS = int(os.environ.get("IPSEC_CLUSTER_ROUNDS") or 10)
@@ -63,6 +64,56 @@ def test_the_formula_creates_the_tunnel_resources_through_the_dc(cluster_lab):
     assert made.failed_actions() == ""
     ok, verdicts = verify_everywhere(made)
     assert ok, verdicts
+
+
+def test_a_first_deployment_cleans_up_the_probes_that_ran_before_the_agent(cluster_lab):
+    """The DC applied first and alone (ClusterLab.deploy): the other
+    controllers probed the new resources without the agent ("not
+    installed", which bans a resource from the node). Each one's own state
+    cleaned its records up, test=True predicted exactly that, and nothing
+    failed is left (the failovers below then move tunnels onto them)."""
+    made, _ = cluster_lab
+    first = made.first_deploy
+    assert first["probed"], first
+    resources = made.tunnel_resources()
+    assert len(resources) == 3
+    cleared_id = "ipsec-pacemaker-agent-missing-cleared"
+    released_id = "ipsec-pacemaker-stale-vips-released"
+    for node in clusterlab.CONTROLLERS:
+        if node == first["dc"]:
+            continue
+        applied = {s["__id__"]: s for s in first["applied"][node].values()}
+        predicted = {s["__id__"]: s for s in first["predicted"][node].values()}
+        cleared, cleared_predicted = applied[cleared_id], predicted[cleared_id]
+        assert cleared["result"] is True and cleared_predicted["result"] is None, (cleared, cleared_predicted)
+        assert sorted(cleared["changes"]["cleaned_up"]) == resources, cleared
+        assert cleared_predicted["changes"] == cleared["changes"]
+        # The bans moved the VIPs this node held to a node with the agent,
+        # with no agent stop here: its state made pluto let go of them.
+        gone = sorted(address for address, holder in first["vips_before"].items()
+                      if holder == node and first["vips_after_dc"][address] != node)
+        released = applied[released_id]
+        assert released["result"] is True, released
+        assert sorted((released["changes"].get("released") or {}).values()) == gone, (node, first, released)
+        assert predicted[released_id]["changes"] == released["changes"]
+        if node in first["vips_before"].values():
+            assert gone, first  # the lab keeps the VIPs off the DC: they all moved
+            # Before its state ran, verify there said why pluto was wrong.
+            before = first["verify_before"][node]
+            assert before["result"] is False, before
+            for address in gone:
+                assert before["vips"][address]["stale"] is True, before["vips"]
+                assert ipsec_verify.STALE_VIP.format(address) in before["failed"].values(), before["failed"]
+    # The DC installed its agent before creating the resources: nothing
+    # to clean up there. compute-0 is no cluster node: no such state.
+    dc = {s["__id__"]: s for s in first["dc_applied"][first["dc"]].values()}
+    assert dc[cleared_id]["result"] is True and dc[cleared_id]["changes"] == {}, dc[cleared_id]
+    assert cleared_id not in {s["__id__"] for s in first["applied"]["compute-0"].values()}
+    assert failover._wait(lambda: made.failed_actions() == "", 30), made.failed_actions()
+    rc, again = made.salt("*", "state.apply", "ipsec", "test=True")
+    assert rc == 0
+    for node, states in again.items():
+        assert all(not s["changes"] for s in states.values()), (node, [s for s in states.values() if s["changes"]])
 
 
 def test_tunnels_follow_their_vips_through_live_failovers(cluster_lab):

@@ -18,8 +18,9 @@ back (what operators set).
 
 import os
 import subprocess
+import xml.etree.ElementTree as ET
 
-from labkit import examples, lab, pcmk
+from labkit import examples, failover, lab, pcmk, waiting
 from labkit.cluster import TOKEN_MS, Cluster
 from labkit.pluto import Pluto
 
@@ -199,29 +200,102 @@ class ClusterLab(lab.Lab):
     def deploy(self, log=None):
         """Cluster up, VIPs placed, then the operator's two applies: the
         formula without pacemaker (files), plutos started, then with
-        pacemaker management on (the DC creates the tunnel resources)."""
+        pacemaker management on (the DC creates the tunnel resources).
+
+        The second apply goes to the DC first, alone, so a first
+        deployment's race is certain, not left to load: the DC creates the
+        tunnel resources before the other controllers have the agent, and
+        their probes record "not installed", which bans the resources from
+        them. Their own states must clean that up
+        (ipsec_pacemaker.agent_missing_cleared). What they predicted with
+        test=True and what they then did are kept in ``first_deploy``."""
         self.start_cluster()
+        dc = self.dc()
+        self._vips_off(dc)
         plans = super().deploy(log=log)
-        # The DC changes the CIB, and it applies last: the others' states
-        # install the agent first. Otherwise a node may probe the new
-        # resources before its own agent is there and record "not
-        # installed", which bans them from it (seen under load: every
-        # tunnel resource stopped at the first failover). The formula's
-        # own answer to that race is still to come; docs/pacemaker.md
-        # tells operators to run a cleanup after a first deployment.
         self.ipsec_overrides["pacemaker"] = {"manage": True}
         self.write_example_pillar()
-        dc = self.dc()
-        others = ",".join(sorted(set(self.nodes) - {dc}))
-        rc, data = self.salt(others, "state.apply", "ipsec", tgt_type="list")
+        others = sorted(set(self.nodes) - {dc})
+        self.first_deploy = {"dc": dc, "probed": None, "predicted": None, "applied": None,
+                             "vips_before": self.vip_locations()}
+        rc, data = self.salt(dc, "state.apply", "ipsec")
+        self.first_deploy["dc_applied"] = data
         if rc == 0:
-            rc, more = self.salt(dc, "state.apply", "ipsec")
+            late = [node for node in others if node in CONTROLLERS]
+            self.first_deploy["probed"] = waiting.until(lambda: self.probed(late), 60, 0.5)
+            # The bans move every VIP to a node with the agent: wait until
+            # pacemaker is done with that.
+            waiting.until(lambda: self.crm(self.any_up(), "crm_resource", "--wait", "--timeout", "5s").returncode
+                          == 0, 60, 1)
+            self.first_deploy["vips_after_dc"] = after = self.vip_locations()
+            # Where a VIP left: what the formula's verify says before that
+            # node's own state has run.
+            losers = sorted({old for address, old in self.first_deploy["vips_before"].items()
+                             if old and old != after.get(address)})
+            self.first_deploy["verify_before"] = (
+                self.salt(",".join(losers), "ipsec.verify", "level=ike", tgt_type="list")[1] if losers else {})
+            rc, predicted = self.salt(",".join(others), "state.apply", "ipsec", "test=True", tgt_type="list")
+            self.first_deploy["predicted"] = predicted
+        if rc == 0:
+            rc, more = self.salt(",".join(others), "state.apply", "ipsec", tgt_type="list")
+            self.first_deploy["applied"] = more
             data = dict(data or {}, **(more or {}))
+        if rc == 0:
+            self.first_deploy["nudged"] = self._nudge_after_moves(plans)
         if log:
             log("state.apply ipsec (pacemaker on)", 0, rc, data)
         if rc != 0:
             raise RuntimeError("state.apply with pacemaker failed: {}".format(str(data)[:3000]))
         return self.salt("*", "ipsec.plan")[1]
+
+    def _vips_off(self, dc):
+        """No VIP on the DC before the plutos start, so that the first
+        deployment's bans move every VIP (to the DC, the only node with the
+        agent then) and every old holder's state has a VIP to let go of."""
+        target = next(node for node in CONTROLLERS if node != dc)
+        for vip_resource in self._vip_resources():
+            if waiting.until(lambda: self.locate(vip_resource), 60, 0.5) != dc:
+                continue
+            self.crm(dc, "crm_resource", "--move", "-r", vip_resource, "-N", target, check=True)
+            if not waiting.until(lambda: self.locate(vip_resource) == target, 60, 0.5):
+                raise RuntimeError("{} did not move off the DC".format(vip_resource))
+            self.crm(dc, "crm_resource", "--clear", "-r", vip_resource, check=True)
+
+    def _vip_resources(self):
+        return {primitive.get("id"): next(p.get("value") for p in primitive.iter("nvpair") if p.get("name") == "ip")
+                for primitive in ET.fromstring(self.configuration()).iter("primitive")
+                if primitive.get("type") == "IPaddr2"}
+
+    def _nudge_after_moves(self, plans):
+        """On a kernel without ESP, what liveness does for the clients of
+        the VIPs the bans moved (labkit.failover.nudge_clients): the old
+        holder's pluto let go of the VIP (its state) and its delete
+        notifications could not leave from the gone address ("Network is
+        unreachable"), so the clients' IKE SAs to it look established
+        forever. {VIP address: nodes nudged}."""
+        by_address = {vip["address"]: vip for vip in failover.vip_facts(plans).values()}
+        before, after = self.first_deploy["vips_before"], self.first_deploy["vips_after_dc"]
+        return {address: failover.nudge_clients(self, plans, by_address[address], old, after.get(address))
+                for address, old in sorted(before.items()) if old != after.get(address)}
+
+    def vip_locations(self):
+        """{VIP address: the node its IPaddr2 resource runs on}."""
+        return {address: self.locate(vip_resource) for vip_resource, address in self._vip_resources().items()}
+
+    def tunnel_resources(self):
+        """Ids of the CIB's primitives of the formula's agent."""
+        configuration = ET.fromstring(self.configuration())
+        return sorted(p.get("id") for p in configuration.iter("primitive") if p.get("type") == "vip-tunnel")
+
+    def probed(self, nodes):
+        """Has every one of ``nodes`` a result for every tunnel resource
+        (pacemaker probes a new resource on every node)?"""
+        status = ET.fromstring(self.crm(self.any_up(), "cibadmin", "--query", "--scope", "status",
+                                        check=True).stdout)
+        seen = {(state.get("uname"), history.get("id"))
+                for state in status.iter("node_state") for history in state.iter("lrm_resource")}
+        resources = self.tunnel_resources()
+        return bool(resources) and all((node, r) in seen for node in nodes for r in resources)
 
     def close(self):
         for node in CONTROLLERS:  # while their namespaces are there to whack into
