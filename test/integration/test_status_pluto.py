@@ -14,8 +14,11 @@ reason. Where the kernel has ESP (the VM lab), the same test asserts the
 Child SAs and their byte counters instead.
 """
 
+import json
 import re
+import subprocess
 import threading
+import types
 
 import pytest
 
@@ -40,9 +43,19 @@ class LabNode:
         self.pillar = pillar
 
     def call(self, *args):
-        # A CLI object per call: one object is not safe to run from two
-        # threads at once (in_parallel).
-        return self.factory.salt_call_cli(timeout=120).run("--local", *args)
+        """salt-call in this node's namespace, as on a real node: the
+        formula reads the node's live addresses there (ipsec.verify: which
+        VIPs this node has now). A CLI object per call: one object is not
+        safe to run from two threads at once (in_parallel)."""
+        cli = self.factory.salt_call_cli(timeout=120)
+        result = subprocess.run(["ip", "netns", "exec", self.ns.name] + cli.cmdline("--local", *args),
+                                capture_output=True, text=True, timeout=300)
+        try:
+            data = json.loads(result.stdout)["local"]
+        except (ValueError, KeyError, TypeError):
+            data = None
+        return types.SimpleNamespace(returncode=result.returncode, stdout=result.stdout, stderr=result.stderr,
+                                     data=data)
 
     def plan(self):
         """The plan salt-call computes for this node, computed in-process
