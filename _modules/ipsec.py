@@ -424,7 +424,8 @@ def verify(level="child", traffic=True, timeout=PROBE_TIMEOUT):
     _bool(traffic, "traffic")
     timeout = _seconds(timeout, "timeout", 0.1, 60)
     built = build(check_algorithms=False)
-    local = local_addresses()
+    # The node's addresses are read right after the status they judge: a
+    # VIP arriving in between would otherwise read as stale.
     if level == "traffic":
         # The steps of ipsec_verify.verify_traffic, run here: a module
         # function (status) cannot be called back from inside a utils call
@@ -432,10 +433,12 @@ def verify(level="child", traffic=True, timeout=PROBE_TIMEOUT):
         before = status(traffic=True)
         targets = __utils__["ipsec_verify.probe_targets"](built, before)
         replies = __utils__["ipsec_probe.probe"](sorted(targets), timeout) if targets else {}
-        verdict = __utils__["ipsec_verify.traffic"](built, before, status(traffic=True), targets, replies, timeout,
-                                                    local=local)
+        after = status(traffic=True)
+        verdict = __utils__["ipsec_verify.traffic"](built, before, after, targets, replies, timeout,
+                                                    local=local_addresses())
     else:
-        verdict = __utils__["ipsec_verify.verify"](built, status(traffic=traffic), level, local=local)
+        live = status(traffic=traffic)
+        verdict = __utils__["ipsec_verify.verify"](built, live, level, local=local_addresses())
     if not verdict["result"]:
         __context__["retcode"] = 1
     return verdict

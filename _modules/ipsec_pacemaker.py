@@ -10,7 +10,11 @@ Salt 3008 has no pcs module any more.
 
 The XML logic is pure and lives in ``_utils/ipsec_cib.py``; this module
 queries the CIB, decides whether this node is the one that changes it, and
-pushes the difference as one ``cibadmin --patch`` (atomic).
+pushes the difference as one ``cibadmin --patch`` (atomic). Two repairs of
+this node only, for a first deployment: ``clear_agent_missing``
+(``crm_resource --cleanup`` of probes that found no agent here) and
+``release_stale_vips`` (``whack --listen`` when pluto still listens on a
+VIP that left this node without the agent's stop).
 
 A CIB file instead of the live cluster (tests, offline preparation):
 argument ``cib_file``, else lookup ``pacemaker:cib_file``, else the
@@ -314,11 +318,14 @@ def release_stale_vips(test=False):
     if not __salt__["ipsec_pluto.running"]():
         outcome["skipped"] = "pluto is not running"
         return outcome
-    listening = __salt__["ipsec.status"]()["addresses"]
-    stale = __utils__["ipsec_cib.stale_vips"](plan["vips"], listening, __salt__["ipsec.local_addresses"]())
+    status = __salt__["ipsec.status"]()
+    stale = __utils__["ipsec_cib.stale_vips"](plan["vips"], status["addresses"], __salt__["ipsec.local_addresses"]())
     outcome["released"] = stale
+    # Only the client conns pluto holds (pillar may make them auto=ignore:
+    # then they are not loaded, and nothing initiates them).
+    loaded = {conn["base"] for conn in status["connections"].values()}
     outcome["initiated"] = sorted(plan["vips"][name]["fallback_tunnel"] for name in stale
-                                  if plan["vips"][name].get("fallback_tunnel"))
+                                  if plan["vips"][name].get("fallback_tunnel") in loaded)
     if test or not stale:
         return outcome
     __salt__["ipsec_pluto.listen"]()

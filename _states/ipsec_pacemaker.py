@@ -10,6 +10,12 @@ removes the formula's resources whose VIP left the plan.
 Both do nothing on non-cluster nodes and on cluster nodes that are not the
 applier (pillar ``ipsec:pacemaker:apply_from``, else the DC), so minions
 applying at the same time do not race on the CIB.
+
+Two repairs run on every cluster node, each about this node only:
+``ipsec_pacemaker.agent_missing_cleared`` (this node's "not installed"
+records of the formula's resources, from probes that ran before its agent
+was there) and ``ipsec_pacemaker.stale_vips_released`` (pluto still
+listening on a VIP that left this node without the agent's stop).
 """
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError

@@ -753,6 +753,26 @@ def parse_interval(value, key="pacemaker:monitor_interval"):
     return text if isinstance(value, str) else "{}s".format(value)
 
 
+# Seconds per unit of a pacemaker duration (INTERVAL_RE's units).
+DURATION_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600,
+                  "ms": 0.001, "msec": 0.001, "us": 0.000001, "usec": 0.000001}
+# Pacemaker's own default: the agent's start waits for pluto up to half of
+# it and bounds every pluto call to 3/4 of it; less gets a stop killed
+# (and the node fenced) on a busy node.
+MIN_OP_TIMEOUT = 20
+
+
+def parse_op_timeout(value, key):
+    """A start/stop op timeout from pillar: a pacemaker interval of at least
+    MIN_OP_TIMEOUT seconds."""
+    text = parse_interval(value, key)
+    number, unit = re.fullmatch(r"([0-9]+)([a-z]*)", text).groups()
+    if int(number) * DURATION_UNITS[unit] < MIN_OP_TIMEOUT:
+        fail(key, "{!r} is shorter than {}s: a stop that times out gets the node fenced".format(
+            _short(value), MIN_OP_TIMEOUT))
+    return text
+
+
 def parse_pacemaker(conf, warnings):
     """``ipsec:pacemaker``: the VIP tunnel resources' settings."""
     pacemaker = _mapping(conf.get("pacemaker"), "pacemaker")
@@ -774,10 +794,10 @@ def parse_pacemaker(conf, warnings):
         "vip_resource": vip_resource,
         "apply_from": apply_from,
         "monitor_interval": parse_interval(pacemaker.get("monitor_interval", DEFAULT_MONITOR_INTERVAL)),
-        "start_timeout": parse_interval(pacemaker.get("start_timeout", DEFAULT_START_TIMEOUT),
-                                        "pacemaker:start_timeout"),
-        "stop_timeout": parse_interval(pacemaker.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
-                                       "pacemaker:stop_timeout"),
+        "start_timeout": parse_op_timeout(pacemaker.get("start_timeout", DEFAULT_START_TIMEOUT),
+                                          "pacemaker:start_timeout"),
+        "stop_timeout": parse_op_timeout(pacemaker.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
+                                         "pacemaker:stop_timeout"),
     }
 
 

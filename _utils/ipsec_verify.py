@@ -222,9 +222,9 @@ def _not_needed(entry, conn, reason):
     entry["reason"] = reason
 
 
-STALE_VIP = ("pluto listens on VIP {} although this node no longer has it (it left while the VIP's tunnel "
-             "resource did not run here, so no agent stop made pluto let go): pluto still serves clients that "
-             "reach it through old SAs and cannot orient this node's client conn toward the VIP; "
+STALE_VIP = ("pluto listens on VIP {} although this node no longer has it (its tunnel resource's stop is "
+             "under way, or the VIP left while that resource did not run here): pluto still serves clients "
+             "that reach it through old SAs and cannot orient this node's client conn toward the VIP; "
              "state.apply ipsec (ipsec-pacemaker-stale-vips-released) or ipsec whack --listen")
 
 

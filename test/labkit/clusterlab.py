@@ -225,8 +225,9 @@ class ClusterLab(lab.Lab):
             self.first_deploy["probed"] = waiting.until(lambda: self.probed(late), 60, 0.5)
             # The bans move every VIP to a node with the agent: wait until
             # pacemaker is done with that.
-            waiting.until(lambda: self.crm(self.any_up(), "crm_resource", "--wait", "--timeout", "5s").returncode
-                          == 0, 60, 1)
+            if not waiting.until(lambda: self.crm(self.any_up(), "crm_resource", "--wait", "--timeout",
+                                                  "5s").returncode == 0, 60, 1):
+                raise RuntimeError("the cluster did not settle after the DC's apply: " + self.failed_actions())
             self.first_deploy["vips_after_dc"] = after = self.vip_locations()
             # Where a VIP left: what the formula's verify says before that
             # node's own state has run.

@@ -360,6 +360,22 @@ def test_plan_rejects_bad_pacemaker_pillar(pacemaker, message):
 DURATION_KEYS = ("monitor_interval", "start_timeout", "stop_timeout")
 
 
+@pytest.mark.parametrize("key", ["start_timeout", "stop_timeout"])
+@pytest.mark.parametrize("short", [1, "19s", "500ms", "19999ms", "2000000us"])
+def test_start_and_stop_timeouts_shorter_than_pacemakers_default_are_refused(key, short):
+    pillar = examples.pillar(pacemaker={key: short})
+    with pytest.raises(SaltInvocationError) as caught:
+        ipsec_plan.build_plan(pillar, "controller-0", examples.own_ips("controller-0"), cluster_node=True)
+    assert str(caught.value).startswith("ipsec:pacemaker:{}: {!r} is shorter than 20s".format(key, short))
+
+
+@pytest.mark.parametrize("key", ["start_timeout", "stop_timeout"])
+@pytest.mark.parametrize("value,text", [(20, "20s"), ("20s", "20s"), ("20000ms", "20000ms"), ("1min", "1min"),
+                                        ("1h", "1h")])
+def test_start_and_stop_timeouts_from_pacemakers_default_up_are_taken_as_written(key, value, text):
+    assert ipsec_plan.parse_pacemaker({"pacemaker": {key: value}}, [])[key] == text
+
+
 @pytest.mark.parametrize("key", DURATION_KEYS)
 @pytest.mark.parametrize("bad", ["0", "ten", "10 s", True, -5, "10d", "10s\n", "1min\x00", 1.5, [10], {"s": 1}, ""])
 def test_every_duration_key_refuses_every_bad_value_and_names_itself(key, bad):
