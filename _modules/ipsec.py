@@ -389,8 +389,9 @@ def verify(level="child", traffic=True, timeout=PROBE_TIMEOUT):
     answers), VIP client conns, and VIP server conns with their clients
     where this node holds the VIP (pluto listens on it and the node has it
     now; a VIP pluto still listens on after it left the node fails both VIP
-    conns, see ``ipsec_pacemaker.release_stale_vips``). Otherwise the return code is non-zero, so ``salt '*' ipsec.verify``
-    fails in scripts and CI.
+    conns, see ``ipsec_pacemaker.release_stale_vips``). Otherwise the
+    return code is non-zero, so ``salt '*' ipsec.verify`` fails in scripts
+    and CI.
 
     level
         ``child`` (default): IKE SA and Child SA established. ``ike``: an

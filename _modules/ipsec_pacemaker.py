@@ -319,7 +319,8 @@ def release_stale_vips(test=False):
         outcome["skipped"] = "pluto is not running"
         return outcome
     status = __salt__["ipsec.status"]()
-    stale = __utils__["ipsec_cib.stale_vips"](plan["vips"], status["addresses"], __salt__["ipsec.local_addresses"]())
+    local = __salt__["ipsec.local_addresses"]()
+    stale = __utils__["ipsec_verify.stale_vips"](plan["vips"], status["addresses"], local)
     outcome["released"] = stale
     # Only the client conns pluto holds (pillar may make them auto=ignore:
     # then they are not loaded, and nothing initiates them).

@@ -23,8 +23,9 @@ removed together with every constraint that references them (the CIB schema
 rejects constraints naming a missing resource). Within an owned primitive
 the formula owns the agent, the instance attributes and the monitor, start
 and stop ops (their timeouts are pillar keys, so ``pcs resource op`` edits
-are reverted; set ``ipsec:pacemaker:*_timeout`` instead); meta attributes (``target-role`` set by ``pcs resource disable``,
-``is-managed``...) and other ops are the operator's and are left alone.
+are reverted; set ``ipsec:pacemaker:*_timeout`` instead); meta attributes
+(``target-role`` set by ``pcs resource disable``, ``is-managed``...) and
+other ops are the operator's and are left alone.
 
 ``reconcile`` works on a parsed copy of the CIB and returns the new document
 plus a report; the execution module turns the difference into one
@@ -32,7 +33,6 @@ plus a report; the execution module turns the difference into one
 """
 
 import copy
-import ipaddress
 import xml.etree.ElementTree as ET
 
 from salt.exceptions import SaltInvocationError
@@ -434,31 +434,6 @@ def agent_missing(root, node, resources):
                     op.get("op-status") == EXEC_NOT_INSTALLED for op in history.iter("lrm_rsc_op")):
                 found.add(history.get("id"))
     return sorted(found)
-
-
-# --- VIPs pluto still listens on after they left ----------------------------
-
-def stale_vips(vips, listening, local):
-    """{vip name: address} of the plan's ``vips`` that pluto listens on
-    (``listening``: the addresses of ``ipsec.status``) although this node
-    no longer has them (``local``: its live addresses).
-
-    The agent's stop makes pluto let go of a VIP that leaves the node. A
-    VIP that leaves while its tunnel resource does not run here (before the
-    resources exist, or banned from this node) has no stop here: pluto
-    keeps listening on it, keeps serving it to clients that still reach it
-    through their old SAs, and cannot orient this node's own client conn
-    toward the VIP ("we cannot identify ourselves").
-    """
-    def canonical(address):
-        try:
-            return str(ipaddress.ip_address(str(address).split("%")[0]))
-        except ValueError:
-            return str(address)
-    listening = {canonical(a) for a in listening}
-    local = {canonical(a) for a in local}
-    return {name: vip["address"] for name, vip in sorted(vips.items())
-            if canonical(vip["address"]) in listening and canonical(vip["address"]) not in local}
 
 
 # --- who applies ----------------------------------------------------------

@@ -222,6 +222,24 @@ def _not_needed(entry, conn, reason):
     entry["reason"] = reason
 
 
+def stale_vips(vips, listening, local):
+    """{vip name: address} of the plan's ``vips`` that pluto listens on
+    (``listening``: the addresses of ``ipsec.status``) although this node
+    no longer has them (``local``: its live addresses).
+
+    The agent's stop makes pluto let go of a VIP that leaves the node. A
+    VIP that leaves while its tunnel resource does not run here (before the
+    resources exist, or banned from this node) has no stop here: pluto
+    keeps listening on it, keeps serving it to clients that still reach it
+    through their old SAs, and cannot orient this node's own client conn
+    toward the VIP ("we cannot identify ourselves").
+    """
+    listening = {_canonical(a) for a in listening}
+    local = {_canonical(a) for a in local}
+    return {name: vip["address"] for name, vip in sorted(vips.items())
+            if _canonical(vip["address"]) in listening and _canonical(vip["address"]) not in local}
+
+
 STALE_VIP = ("pluto listens on VIP {} although this node no longer has it (its tunnel resource's stop is "
              "under way, or the VIP left while that resource did not run here): pluto still serves clients "
              "that reach it through old SAs and cannot orient this node's client conn toward the VIP; "

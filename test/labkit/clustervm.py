@@ -164,7 +164,8 @@ def _levels(clab, plans, timeout):
     """Wait until every node that is up passes the Child level, then the
     traffic level (the formula's probes through every tunnel up; retried:
     a Child SA may still be installing), tunnels toward a node that is down
-    excused, and a holder's server conn whose missing clients are down. Returns {"passed", "child"/"traffic": what failed, "excused",
+    excused, and a holder's server conn whose missing clients are down.
+    Returns {"passed", "child"/"traffic": what failed, "excused",
     "seconds"}."""
     started = time.monotonic()
     alive = _alive(clab)

@@ -463,17 +463,3 @@ def test_agent_missing_finds_only_this_nodes_probes_that_found_no_agent():
     assert ipsec_cib.agent_missing(root, "n2", owned) == ["tripleo-ipsec-storage"]
     assert ipsec_cib.agent_missing(root, "n3", owned) == []
     assert ipsec_cib.agent_missing(ipsec_cib.parse(EMPTY), "n1", owned) == []
-
-
-def test_stale_vips_are_the_planned_vips_pluto_listens_on_but_the_node_lost():
-    vips = {"internal_api": {"address": "198.51.100.100"}, "storage": {"address": "203.0.113.100"},
-            "v6": {"address": "2001:db8::100"}}
-    own = ["198.51.100.10", "2001:db8::10"]
-    # pluto's listen list may spell IPv6 differently (and never the VIP's
-    # own zero-padded form): compared as addresses.
-    listening = ["198.51.100.10", "198.51.100.100", "2001:0db8:0000::0100", "2001:db8::10"]
-    assert ipsec_cib.stale_vips(vips, listening, own) == {"internal_api": "198.51.100.100", "v6": "2001:db8::100"}
-    # The holder has it: not stale. A VIP pluto does not listen on: not stale.
-    assert ipsec_cib.stale_vips(vips, listening, own + ["198.51.100.100", "2001:db8::100"]) == {}
-    assert ipsec_cib.stale_vips(vips, ["198.51.100.10"], own) == {}
-    assert ipsec_cib.stale_vips({}, listening, own) == {}

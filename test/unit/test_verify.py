@@ -488,3 +488,17 @@ def test_a_vip_pluto_listens_on_but_the_node_lost_fails_both_vip_conns():
         assert result["connections"][name]["vip_held"] is False
     assert result["vips"]["198.51.100.100"] == {"network": "internal_api", "held": False, "stale": True}
     assert "stale" not in result["vips"][kept[0]]
+
+
+def test_stale_vips_are_the_planned_vips_pluto_listens_on_but_the_node_lost():
+    vips = {"internal_api": {"address": "198.51.100.100"}, "storage": {"address": "203.0.113.100"},
+            "v6": {"address": "2001:db8::100"}}
+    own = ["198.51.100.10", "2001:db8::10"]
+    # pluto's listen list may spell IPv6 differently (and never the VIP's
+    # own zero-padded form): compared as addresses.
+    listening = ["198.51.100.10", "198.51.100.100", "2001:0db8:0000::0100", "2001:db8::10"]
+    assert ipsec_verify.stale_vips(vips, listening, own) == {"internal_api": "198.51.100.100", "v6": "2001:db8::100"}
+    # The holder has it: not stale. A VIP pluto does not listen on: not stale.
+    assert ipsec_verify.stale_vips(vips, listening, own + ["198.51.100.100", "2001:db8::100"]) == {}
+    assert ipsec_verify.stale_vips(vips, ["198.51.100.10"], own) == {}
+    assert ipsec_verify.stale_vips({}, listening, own) == {}
