@@ -30,7 +30,7 @@ import traceback
 import ipsec_status
 import ipsec_verify
 
-from labkit import examples
+from labkit import examples, waiting
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_DIR = os.path.dirname(HERE)
@@ -339,17 +339,19 @@ def wait_child_up(mesh, plans, timeout=UP_TIMEOUT):
     other for a while). Returns the last verdicts."""
     deadline = time.monotonic() + timeout
     while True:
+        polled = time.monotonic()
         verdicts = _verdicts(mesh, plans)
         if all(v["result"] for v in verdicts.values()) or time.monotonic() > deadline:
             break
-        time.sleep(2)
+        waiting.pause(2, polled)
     previous, settle_end = None, time.monotonic() + SETTLE
     while time.monotonic() < settle_end:
+        polled = time.monotonic()
         current = _child_serials(mesh)
         if current == previous:
             break
         previous = current
-        time.sleep(4)
+        waiting.pause(4, polled)
     return verdicts
 
 

@@ -128,7 +128,8 @@ class Pluto:
             os.unlink(self.real(self.logfile))
 
     def whack(self, *args):
-        return self.run("whack", "--rundir", self.rundir, *args)
+        return subprocess.run(self._cmd([self.libreswan.whack_bin, "--rundir", self.rundir] + list(args)),
+                              capture_output=True, text=True)
 
     def add(self, *names, config=None):
         """Load conns from ``config`` (default: this pluto's config) with

@@ -27,10 +27,10 @@ import time
 import ipsec_status
 import ipsec_verify
 
-from labkit import tunnels
+from labkit import tunnels, waiting
 
 PROBE_TIMEOUT = 3  # s, per probe round
-UP_TIMEOUT = 120  # s from the restart to every tunnel at the Child level
+UP_TIMEOUT = 240  # s from the restart to every tunnel at the Child level (emulated: an all-node restart took 117 s)
 SETTLE = 60  # s more for the traffic level to pass (it is retried)
 INITIATING = re.compile(r'"([^"]+)"(?:\[\d+\])? #\d+: initiating IKEv2 connection')
 
@@ -149,10 +149,11 @@ def one_round(mesh, plans, nodes, variant):
     entry = {"nodes": sorted(node.id for node in nodes), "variant": variant}
     deadline = started + UP_TIMEOUT
     while True:
+        polled = time.monotonic()
         verdicts = child_verdicts(mesh, plans)
         if all(v["result"] for v in verdicts.values()) or time.monotonic() > deadline:
             break
-        time.sleep(1)
+        waiting.pause(1, polled)
     entry["child_up"] = all(v["result"] for v in verdicts.values())
     entry["child_seconds"] = round(time.monotonic() - started, 1)
     entry["child_failed"] = failed_tunnels(verdicts)
@@ -160,12 +161,13 @@ def one_round(mesh, plans, nodes, variant):
     deadline = time.monotonic() + SETTLE
     while True:
         checks += 1
+        polled = time.monotonic()
         verdicts = traffic_verdicts(mesh, plans)
         failed = failed_tunnels(verdicts)
         first = failed if first is None else first
         if not failed or time.monotonic() > deadline:
             break
-        time.sleep(2)
+        waiting.pause(2, polled)
     entry.update(traffic_checks=checks, first_traffic_failed=first, traffic_failed=failed,
                  stale={"{} {}".format(node_id, label): note for node_id, v in verdicts.items()
                         for label, note in (v.get("stale") or {}).items()},
