@@ -85,8 +85,11 @@ class Pluto:
     def _cmd(self, cmd):
         return (["ip", "netns", "exec", self.netns] if self.netns else []) + cmd
 
+    def _exec(self, argv, check=False):
+        return subprocess.run(self._cmd(argv), capture_output=True, text=True, check=check)
+
     def run(self, *args, check=False):
-        return subprocess.run(self._cmd([self.ipsec_bin] + list(args)), capture_output=True, text=True, check=check)
+        return self._exec([self.ipsec_bin] + list(args), check=check)
 
     def start(self, timeout=10):
         if not self.netns:
@@ -128,8 +131,7 @@ class Pluto:
             os.unlink(self.real(self.logfile))
 
     def whack(self, *args):
-        return subprocess.run(self._cmd([self.libreswan.whack_bin, "--rundir", self.rundir] + list(args)),
-                              capture_output=True, text=True)
+        return self._exec([self.libreswan.whack_bin, "--rundir", self.rundir] + list(args))
 
     def add(self, *names, config=None):
         """Load conns from ``config`` (default: this pluto's config) with
