@@ -105,7 +105,11 @@ def observe(level="child", traffic=False, plan=None):
         live = __salt__["ipsec.status"](traffic=bool(traffic or level == "traffic"))
     except CommandExecutionError as exc:
         return {"pluto": False, "error": str(exc), "node": built.get("node")}
-    verdict = __utils__["ipsec_verify.verify"](built, live, level)
+    # The node's live addresses, read right after the status they judge
+    # (as ipsec.verify does): a VIP pluto still listens on after it left
+    # this node is a client tunnel down, not a VIP held.
+    local = __salt__["ipsec.local_addresses"]()
+    verdict = __utils__["ipsec_verify.verify"](built, live, level, local=local)
     return {
         "pluto": True,
         "node": built.get("node"),

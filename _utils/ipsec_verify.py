@@ -253,7 +253,8 @@ def verify(plan, status, level="child", local=None):
     established IKE SA is enough: kernels without ESP).
     local: this node's live addresses, when known. A VIP pluto listens on
     that is not among them is stale: both VIP conns fail (``STALE_VIP``),
-    since pluto would count it as held.
+    since pluto would count it as held; the client conn is then expected
+    up (this node is a client of that VIP now), the server conn not.
 
     Returns:
     - ``result``: true only when every planned conn is as expected (``ok``);
@@ -313,8 +314,14 @@ def verify(plan, status, level="child", local=None):
                                       **({"stale": True} if vip in stale else {})))
             entry["vip_held"] = is_held
             if vip in stale:
-                _not_needed(entry, template, STALE_VIP.format(vip))
-                entry["ok"] = False
+                # This node is the VIP's client now: its client conn should
+                # be up (and is not: pluto cannot orient it), so it stays a
+                # tunnel that is expected, and the beacon reports it down.
+                if role == "vip-client":
+                    _peer_conn(entry, planned, template, ike_index, level, listening)
+                else:
+                    _not_needed(entry, template, None)
+                entry["ok"], entry["reason"] = False, STALE_VIP.format(vip)
             elif role == "vip-server" and is_held:
                 peers = (networks.get(planned.get("network")) or {}).get("peers") or {}
                 _server_conn(entry, planned, template, [c for c in conns if c["instance"]],

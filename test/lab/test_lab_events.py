@@ -12,6 +12,9 @@ In order (one lab, ~3 min):
 - a conn deleted from compute-0's pluto: ``tunnel down``, the reactor's
   ``ipsec_events.heal`` re-applies ``ipsec`` there, ``tunnel up``, in that
   order on the bus, and verify passes again;
+- the VIP leaves controller-0 with no agent stop there (pluto still
+  listens on it): controller-0 fires ``tunnel down`` for its client conn
+  toward the VIP with verify's stale-VIP reason; released, ``tunnel up``;
 - each node's metrics file parses with prometheus_client and says what
   ``ipsec.status`` says.
 """
@@ -23,8 +26,9 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import ipsec_verify
 from labkit.eventlab import EventLab
-from test_lab import tunnels_to
+from test_lab import VIP, VIP_CLIENT, agent, move_vip, tunnels_to
 
 INTERVAL, DEBOUNCE = 2, 2
 SLACK = 8  # s: a beacon interval in progress, salt's event delivery, pluto's delete notification
@@ -163,6 +167,50 @@ def test_reactor_brings_back_a_deleted_conn(lab):
     applied = [when for when, kind, _ in seen if kind == "ipsec/heal/applied"]
     assert all(b - a >= REACTOR["min_interval"] - 1 for a, b in zip(applied, applied[1:])), applied
     assert conn in pluto.connection_names()
+    assert lab.wait(lambda: verify_ok(lab), timeout=RECOVER, interval=2), verify(lab)
+
+
+def test_a_vip_left_without_the_agent_stop_is_a_client_tunnel_down_until_released(lab):
+    """A VIP that leaves its holder while no agent stop runs there (the
+    stale VIP of docs/pacemaker.md): pluto there still listens on it and
+    cannot orient the node's client conn toward the VIP's new holder. The
+    old holder's beacon reports that client tunnel down, with the reason
+    verify gives; once pluto lets go (``release_stale_vips``, what the
+    formula's state does on a pacemaker-managed cluster node) and the
+    client conn is up, ``tunnel up``."""
+    old, new = "controller-0", "controller-1"
+    assert lab.wait(lambda: verify_ok(lab), timeout=RECOVER, interval=2), verify(lab)
+    mark = lab.trail.mark()
+    lab.nodes[old].del_vip(VIP)
+    lab.nodes[new].add_vip(VIP)
+    rc, err = agent(lab, new, "start")
+    assert rc == 0, err
+    lab.vip_holder = new
+    try:
+        def client_events(events, tail):
+            return [data for _, node, kind, data in events if node == old and kind == tail
+                    and data.get("conn") == VIP_CLIENT]
+
+        events = collect(lab, mark, lambda events: client_events(events, "tunnel/down"),
+                         INTERVAL * DEBOUNCE + SLACK + 20)
+        (down,) = client_events(events, "tunnel/down")
+        assert down["reason"] == ipsec_verify.STALE_VIP.format(VIP), down
+        assert down["role"] == "vip-client" and down["peer_address"] == VIP, down
+        rc, data = verify(lab, old)
+        assert rc != 0 and data[old]["failed"][VIP_CLIENT] == ipsec_verify.STALE_VIP.format(VIP), data
+        assert data[old]["vips"][VIP]["stale"] is True, data[old]["vips"]
+
+        up_mark = lab.trail.mark()
+        rc, released = lab.salt(old, "ipsec_pacemaker.release_stale_vips")
+        assert rc == 0 and released[old]["released"] == {"internal_api": VIP}, released
+        assert released[old]["initiated"] == [VIP_CLIENT], released
+        events = collect(lab, up_mark, lambda events: client_events(events, "tunnel/up"), RECOVER)
+        assert client_events(events, "tunnel/up"), json.dumps([e[1:] for e in events], indent=1)[:6000]
+        rc, data = verify(lab, old)
+        assert data[old]["connections"][VIP_CLIENT]["ok"] is True, data[old]["connections"][VIP_CLIENT]
+    finally:
+        # Back the way pacemaker moves it (the agent's stop on the holder).
+        move_vip(lab, new, old)
     assert lab.wait(lambda: verify_ok(lab), timeout=RECOVER, interval=2), verify(lab)
 
 

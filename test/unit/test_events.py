@@ -241,3 +241,38 @@ def test_metrics_label_escaping_and_pluto_down():
     down = ipsec_events.metrics_text(None, None, "n1", LEVEL, pluto_up=False)
     families = list(text_string_to_metric_families(down))
     assert [(f.name, f.samples[0].value) for f in families] == [("ipsec_pluto_up", 0)]
+
+
+def test_a_stale_vip_is_a_client_tunnel_down_for_every_vip_the_holder_listens_on():
+    """The beacon sees what verify sees: a VIP pluto still listens on after
+    it left this node (no agent stop ran here) is this node's client tunnel
+    toward that VIP, down, saying why; the VIP's server rows go, the other
+    rows stay as they were. Each VIP the holder listens on, in turn."""
+    node = "controller-0"
+    built = captures.node_plan(node, 4)
+    live = ipsec_status.parse_status(*captures.load("4.10", "esp", node))
+    listening = list(live["addresses"])
+    held = ipsec_verify.verify(built, live, LEVEL, local=listening)
+    held_rows = ipsec_events.tunnels(held, built, live)
+    assert held["result"] is True and held_rows and all(r["up"] for r in held_rows.values())
+    vips = sorted(address for address, vip in held["vips"].items() if vip["held"])
+    assert len(vips) >= 2, held["vips"]
+    for vip in vips:
+        local = [a for a in listening if ipsec_verify.stale_vips({"v": {"address": vip}}, [a], []) == {}]
+        assert len(local) == len(listening) - 1, (vip, listening)
+        verdict = ipsec_verify.verify(built, live, LEVEL, local=local)
+        rows = ipsec_events.tunnels(verdict, built, live)
+        (client,) = [n for n, c in built["connections"].items() if c["role"] == "vip-client" and c["peer"] == vip]
+        servers = {n for n, c in built["connections"].items() if c["role"] == "vip-server" and c["peer"] == vip}
+        assert verdict["connections"][client]["expect"] == "up"
+        assert rows[client]["up"] is False, rows[client]
+        assert rows[client]["reason"] == ipsec_verify.STALE_VIP.format(vip)
+        assert rows[client]["role"] == "vip-client" and rows[client]["peer_address"] == vip
+        assert not [k for k, r in rows.items() if r["conn"] in servers]
+        assert {k: r for k, r in rows.items() if k != client} == {
+            k: r for k, r in held_rows.items() if r["conn"] not in servers}
+        memory = {}
+        for index in range(3):
+            events = ipsec_events.step(memory, rows, index * 10, 3, LEVEL, node=node)
+        assert [(e["tag"], e["conn"], e["reason"]) for e in events] == [
+            ("tunnel/down", client, ipsec_verify.STALE_VIP.format(vip))]

@@ -487,6 +487,13 @@ def test_a_vip_pluto_listens_on_but_the_node_lost_fails_both_vip_conns():
         assert result["failed"][name] == ipsec_verify.STALE_VIP.format("198.51.100.100")
         assert result["connections"][name]["vip_held"] is False
     assert result["vips"]["198.51.100.100"] == {"network": "internal_api", "held": False, "stale": True}
+    # This node is that VIP's client now: its client conn is a tunnel that
+    # should be up (the beacon reports it), its server conn is not.
+    assert result["connections"][API_CLIENT]["expect"] == "up"
+    assert result["connections"][API_SERVER]["expect"] == "nothing"
+    held = ipsec_verify.verify(plan, status, "child", own + vips)
+    assert held["connections"][API_CLIENT]["expect"] == "nothing"
+    assert result["counts"]["expect_up"] == held["counts"]["expect_up"]
     assert "stale" not in result["vips"][kept[0]]
 
 
