@@ -330,8 +330,10 @@ def test_conn_loaded_but_peer_unreachable(lab):
 
     def half_open():
         parsed = holder.parsed()
-        trying = [name for name in holder.n2n()
-                  if any(not sa["established"] for sa in parsed["connections"][name]["ike_sas"])]
+        # A conn pluto has not listed yet (its start-up is still adding
+        # them) is not trying yet.
+        trying = [name for name in holder.n2n() if name in parsed["connections"]
+                  and any(not sa["established"] for sa in parsed["connections"][name]["ike_sas"])]
         return parsed if len(trying) == len(holder.n2n()) else None
 
     parsed = tunnels.wait_until(half_open, 20, what="IKE_SA_INIT sent on every node-to-node conn")

@@ -16,6 +16,10 @@ import ipsec_status
 
 from labkit import libreswan as libreswans
 
+# The last step of pluto's start-up addconn (4.x and 5.x): every conn of
+# the config is added, then pluto listens. Its control socket answers
+# before: a status read in between misses conns.
+STARTED = "listening for IKE messages"
 ADDCONN_ECHO = re.compile(r"^[^\n]*?\d\d:\d\d:\d\d\.\d+: addconn: ")
 
 _REVIVING = re.compile(r'"([^"]+)"(?:\[\d+\])?: reviving connection ')
@@ -104,15 +108,19 @@ class Pluto:
             "--ipsecdir", self.config_dir, "--secretsfile", self.secrets_file,
             "--logfile", self.logfile,
         ])
+        logged = len(self.raw_log())  # the log file is appended to across restarts
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError("pluto exited with {}: {}".format(self.process.returncode, self.log()[-2000:]))
-            if self._exists(self.ctlsocket) and self.whack("--briefstatus").returncode == 0:
+            log = self.raw_log()
+            if STARTED in log[logged if len(log) >= logged else 0:] and self._exists(self.ctlsocket) \
+                    and self.whack("--briefstatus").returncode == 0:
                 return self
             time.sleep(0.05)
-        raise RuntimeError("pluto did not answer within {}s".format(timeout))
+        raise RuntimeError("pluto did not answer and load its config ({!r} in its log) within {}s".format(
+            STARTED, timeout))
 
     def _exists(self, path):
         """Whether ``path`` (as pluto's command line names it) exists."""
