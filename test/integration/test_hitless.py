@@ -106,15 +106,18 @@ MESH_UP = 180
 def wait_mesh_up(nodes, members, what):
     """Wait until every node in ``members`` has an IKE SA to every other;
     on timeout name the tunnels still down and show their plutos' logs."""
-    def down():
-        return {n: sorted(set(tunnel_names(n, [p for p in members if p != n])) - {
+    last = {}
+
+    def all_up():
+        last["down"] = {n: sorted(set(tunnel_names(n, [p for p in members if p != n])) - {
             conn for conn, serials in nodes[n].serials().items() if serials}) for n in members}
+        return not any(last["down"].values())
 
     try:
-        tunnels.wait_until(lambda: not any(down().values()), MESH_UP, 0.5, what)
+        tunnels.wait_until(all_up, MESH_UP, 0.5, what)
     except AssertionError as error:
         logs = "\n".join("--- {} pluto log tail\n{}".format(n, nodes[n].pluto.log()[-4000:]) for n in members)
-        raise AssertionError("{}; down: {}\n{}".format(error, down(), logs)) from None
+        raise AssertionError("{}; down at the last look: {}\n{}".format(error, last.get("down"), logs)) from None
 
 
 def settled(nodes, timeout=30):
