@@ -107,8 +107,11 @@ def observe(level="child", traffic=False, plan=None):
         return {"pluto": False, "error": str(exc), "node": built.get("node")}
     # The node's live addresses, read right after the status they judge
     # (as ipsec.verify does): a VIP pluto still listens on after it left
-    # this node is a client tunnel down, not a VIP held.
-    local = __salt__["ipsec.local_addresses"]()
+    # this node is a client tunnel down, not a VIP held. Only where pluto
+    # listens on a planned VIP (the read costs a few subprocesses).
+    local = None
+    if __utils__["ipsec_verify.stale_vips"](built.get("vips") or {}, live.get("addresses") or [], []):
+        local = __salt__["ipsec.local_addresses"]()
     verdict = __utils__["ipsec_verify.verify"](built, live, level, local=local)
     return {
         "pluto": True,

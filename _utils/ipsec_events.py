@@ -271,6 +271,10 @@ def _record(now):
             "reminded": None}
 
 
+# What a ``tunnel gone`` event repeats of the tunnel's last ``tunnel down``.
+GONE_FIELDS = ("conn", "network", "role", "peer", "peer_address")
+
+
 def step(memory, rows, now, debounce, level, remind=0, max_events=100, pluto_error=None, node=None):
     """One beacon interval: compare ``rows`` (``tunnels(...)``, or None when
     pluto did not answer, with ``pluto_error`` saying why) with what was
@@ -282,6 +286,9 @@ def step(memory, rows, now, debounce, level, remind=0, max_events=100, pluto_err
       been down (seconds, since the first interval it was seen down);
     - with ``remind`` > 0, ``tunnel down`` again (``repeat: true``) every
       ``remind`` seconds while it stays down;
+    - ``tunnel gone`` when a tunnel last reported down is no longer one
+      that should be up here (the plan changed, the VIP came back to this
+      node): nothing else would ever close its ``tunnel down``;
     - ``pluto down`` / ``pluto up`` (tags ``pluto/down``, ``pluto/up``) when
       pluto stops answering / answers again, debounced the same way. While
       pluto does not answer, the tunnels' states are kept as last reported
@@ -303,9 +310,16 @@ def step(memory, rows, now, debounce, level, remind=0, max_events=100, pluto_err
         memory["last_error"] = pluto_error
         return events
     tunnel_events = []
-    for key in [key for key in records if key not in rows]:
-        # No longer planned here: forgotten without an event.
-        del records[key]
+    for key in sorted(key for key in records if key not in rows):
+        # No longer a tunnel that should be up here (the plan changed, a
+        # VIP came back): forgotten. One reported down is closed with
+        # ``tunnel gone``, so an alert raised on its ``tunnel down`` clears.
+        record = records.pop(key)
+        if record["state"] == "down" and record.get("row"):
+            tunnel_events.append(dict(
+                record["row"], tag="tunnel/gone", event="tunnel gone", node=node, level=level,
+                since=record["since"], down_for=round(now - record["since"], 3),
+                reason="no longer a tunnel that should be up on this node"))
     for key in sorted(rows):
         row = rows[key]
         record = records.get(key)
@@ -327,10 +341,11 @@ def step(memory, rows, now, debounce, level, remind=0, max_events=100, pluto_err
         }
         if record["state"] == "down":
             record["reminded"] = now
+            record["row"] = {field: event[field] for field in GONE_FIELDS}
             event["down_for"] = round(now - record["since"], 3)
             event["repeat"] = repeat
         else:
-            record["reminded"] = None
+            record["reminded"], record["row"] = None, None
         tunnel_events.append(event)
     if len(tunnel_events) > max_events:
         rest = tunnel_events[max_events:]

@@ -20,6 +20,9 @@ What each planned conn must be here (``expect``):
     conn is not needed: both its ends are local, pluto leaves it
     unoriented.
   - Elsewhere the client conn must be up and the server conn is standby.
+  - With ``local`` (the node's live addresses), a VIP pluto listens on
+    that the node no longer has is stale: this node is that VIP's client,
+    so its client conn must be up, and both VIP conns fail saying why.
 """
 
 import ipaddress
@@ -243,7 +246,8 @@ def stale_vips(vips, listening, local):
 STALE_VIP = ("pluto listens on VIP {} although this node no longer has it (its tunnel resource's stop is "
              "under way, or the VIP left while that resource did not run here): pluto still serves clients "
              "that reach it through old SAs and cannot orient this node's client conn toward the VIP; "
-             "state.apply ipsec (ipsec-pacemaker-stale-vips-released) or ipsec whack --listen")
+             "on a pacemaker-managed cluster node state.apply ipsec lets go of it "
+             "(ipsec-pacemaker-stale-vips-released), elsewhere ipsec whack --listen")
 
 
 def verify(plan, status, level="child", local=None):
@@ -251,8 +255,9 @@ def verify(plan, status, level="child", local=None):
 
     level: "child" (default: IKE SA and Child SA established) or "ike" (an
     established IKE SA is enough: kernels without ESP).
-    local: this node's live addresses, when known. A VIP pluto listens on
-    that is not among them is stale: both VIP conns fail (``STALE_VIP``),
+    local: this node's live addresses, when known (ignored when none of
+    the plan's own ``addresses`` is among them: a failed read). A VIP pluto
+    listens on that is not among them is stale: both VIP conns fail (``STALE_VIP``),
     since pluto would count it as held; the client conn is then expected
     up (this node is a client of that VIP now), the server conn not.
 
@@ -279,6 +284,11 @@ def verify(plan, status, level="child", local=None):
     if not isinstance(status, dict) or not isinstance(status.get("connections"), dict):
         raise SaltInvocationError("ipsec.verify: the status has no connections mapping")
 
+    if local is not None and not {_canonical(a) for a in local} & {
+            _canonical(a) for a in (plan.get("addresses") or {}).values()}:
+        # None of this node's own addresses among them: an address read
+        # that failed (no ip tool, say), not a node that lost its VIPs.
+        local = None
     listening = []
     for address in status.get("addresses") or []:
         if _canonical(address) not in listening:

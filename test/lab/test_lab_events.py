@@ -3,7 +3,7 @@
 ``state.apply ipsec.beacon`` from pillar, the shipped reactor on the master,
 the metrics textfile written by the beacon.
 
-In order (one lab, ~3 min):
+In order (one lab, ~4 min):
 - a steady mesh fires no beacon event over several intervals;
 - compute-0's pluto stopped: every peer fires ``tunnel down`` for exactly
   its tunnels with compute-0 within interval x debounce + a few seconds,

@@ -72,6 +72,25 @@ def test_debounce_one_reports_at_once():
     assert tags(got) == [[("tunnel/down", "a")], [("tunnel/up", "a")]]
 
 
+def test_a_tunnel_reported_down_then_no_longer_planned_is_closed_with_gone():
+    """Every ``tunnel down`` gets a closing event: ``tunnel up``, or
+    ``tunnel gone`` when the tunnel stops being one that should be up here
+    (its row disappears). Only what was reported down is closed."""
+    memory = {}
+    got = run(memory, [{"a": False, "b": True, "c": True}] * 3 + [{"c": False}, {}])
+    assert tags(got) == [[], [], [("tunnel/down", "a")], [("tunnel/gone", "a")], []]
+    (gone,) = got[3]
+    assert gone["event"] == "tunnel gone" and gone["node"] == "n1" and gone["level"] == LEVEL
+    assert (gone["role"], gone["peer"], gone["peer_address"], gone["network"]) == (
+        "node-to-node", "compute-0", "198.51.100.20", "internal_api")
+    assert gone["since"] == 0 and gone["down_for"] == 30 and gone["reason"]
+    assert memory["tunnels"] == {}
+    # Down, up again, then gone: nothing left to close.
+    memory = {}
+    got = run(memory, [{"a": False}] * 3 + [{"a": True}] * 3 + [{}])
+    assert tags(got)[-1] == [] and ("tunnel/up", "a") in tags(got)[5]
+
+
 def test_pluto_silent_gives_one_summary_and_keeps_tunnel_states():
     memory = {}
     got = run(memory, [{"a": True, "b": True}] + [None] * 4 + [{"a": True, "b": True}] * 4)
@@ -90,7 +109,8 @@ def test_unplanned_tunnel_forgotten_and_new_one_assumed_up():
     memory = {}
     run(memory, [{"a": False}] * 3)
     assert memory["tunnels"]["a"]["state"] == "down"
-    assert run(memory, [{"b": True}] * 3, start=100) == [[]] * 3
+    # Its down is closed (tunnel gone); the new one fires nothing while up.
+    assert tags(run(memory, [{"b": True}] * 3, start=100)) == [[("tunnel/gone", "a")], [], []]
     assert set(memory["tunnels"]) == {"b"}
 
 
@@ -276,3 +296,46 @@ def test_a_stale_vip_is_a_client_tunnel_down_for_every_vip_the_holder_listens_on
             events = ipsec_events.step(memory, rows, index * 10, 3, LEVEL, node=node)
         assert [(e["tag"], e["conn"], e["reason"]) for e in events] == [
             ("tunnel/down", client, ipsec_verify.STALE_VIP.format(vip))]
+        # The VIP comes back: the client conn is no tunnel here any more.
+        events = ipsec_events.step(memory, held_rows, 40, 3, LEVEL, node=node)
+        assert [(e["tag"], e["conn"], e["peer_address"]) for e in events] == [("tunnel/gone", client, vip)]
+        # A failed address read (none of the node's own addresses in it)
+        # is no reason to call the held VIPs stale.
+        assert ipsec_verify.verify(built, live, LEVEL, local=[vip])["result"] is True
+
+
+@pytest.mark.parametrize("capture", [("4.10", "esp", LEVEL), ("5.3.2", "ike", "ike")])
+@pytest.mark.parametrize("node", captures.NODES)
+def test_every_failure_verify_reports_on_a_tunnel_that_should_be_up_is_a_down_row(capture, node):
+    """The beacon must not miss what verify fails (a stale VIP once was
+    such a failure): on real captures, each planned conn missing from
+    pluto in turn, and on the holder each VIP gone stale in turn, every
+    conn verify fails and expects up has a row that is down, saying why."""
+    version, scene, level = capture
+    built = captures.node_plan(node, int(version.split(".")[0]))
+    live = ipsec_status.parse_status(*captures.load(version, scene, node))
+    listening = list(live["addresses"])
+    cases = [("as captured", live, listening)]
+    for name in sorted(built["connections"]):
+        dropped = dict(live, connections={k: c for k, c in live["connections"].items() if c["base"] != name})
+        cases.append(("without " + name, dropped, listening))
+    held = ipsec_verify.verify(built, live, level, local=listening)
+    for vip in sorted(a for a, v in held["vips"].items() if v["held"]):
+        cases.append(("stale " + vip, live, [a for a in listening if a != vip]))
+    failing = 0
+    for label, status, local in cases:
+        verdict = ipsec_verify.verify(built, status, level, local=local)
+        rows = ipsec_events.tunnels(verdict, built, status)
+        down = {}
+        for row in rows.values():
+            if not row["up"]:
+                down.setdefault(row["conn"], []).append(row["reason"])
+        expected = {n: r for n, r in verdict["failed"].items() if verdict["connections"][n]["expect"] == "up"}
+        assert set(expected) <= set(down), (label, expected, down)
+        assert all(all(reason for reason in down[n]) for n in expected), (label, down)
+        failing += bool(expected)
+    # The sweep did fail what it should: each conn expected up, dropped,
+    # and each stale VIP (the capture itself passes).
+    up = [n for n, entry in held["connections"].items() if entry["expect"] == "up"]
+    assert held["result"] is True and up
+    assert failing == len(up) + sum(label.startswith("stale ") for label, _, _ in cases)
