@@ -54,13 +54,6 @@ class ClusterPluto(Pluto):
         """Where a path of pluto's command line is, seen from here."""
         return path.replace(self.common, self.real_root, 1)
 
-    def raw_log(self):
-        try:
-            with open(self.real(self.logfile), encoding="utf-8", errors="replace") as handle:
-                return handle.read()
-        except FileNotFoundError:
-            return ""
-
     def kill(self):
         """A power cut for pluto: SIGKILL, nothing said to its peers."""
         if self.process is not None and self.process.poll() is None:
