@@ -184,11 +184,7 @@ class Pluto:
             return ""
 
     def raw_log(self):
-        try:
-            with open(self.real(self.logfile), encoding="utf-8", errors="replace") as handle:
-                return handle.read()
-        except FileNotFoundError:
-            return ""
+        return self._log_since(0)
 
     def log(self):
         """pluto's log. 5.x pluto runs addconn at start-up and copies its
