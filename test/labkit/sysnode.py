@@ -410,7 +410,8 @@ def wait_minion():
         except FileNotFoundError:
             return False
         return any(time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) >= booted - 1 for line in lines)
-    _wait(ready, 600, interval=2)
+    # Seen: 500 s in a reboot beside the suite (the master starts first).
+    _wait(ready, 1200, interval=2)
     if not _wait(lambda: (salt(NODE, "test.ping", timeout=30)[1] or {}).get(NODE), 300):
         raise RuntimeError("the VM's own minion did not answer its master")
 
