@@ -248,7 +248,7 @@ def run(job_dir, timeout=TIMEOUT, cpus=1):
         json.dump(params, handle)
     disk = vmsystemd.make_disk(os.path.join(job_dir, "disk.img"), upper)
     # One vCPU: in make test it runs beside the rest of the suite (two
-    # cores: 11 minutes alone with two vCPUs, about 15 with one).
+    # cores; alone, with one vCPU: 29 to 35 minutes on 2026-12-05).
     result = vmsystemd.boot(job_dir, disk, timeout, cpus=cpus)
     facts = {}
     for phase in PHASES:

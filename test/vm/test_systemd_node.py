@@ -1,9 +1,9 @@
 """A node booted by systemd: apply, reboot, the tunnels back, clean, reboot.
 
 labkit.sysnode runs it once (three boots of one VM whose PID 1 is
-systemd, controller-0 of the example being the VM itself; about 30 to 35 minutes
-under emulation, started in the background when the session is
-collected); the tests read what each boot recorded. Nothing is
+systemd, controller-0 of the example being the VM itself; 30 to 35
+minutes alone under emulation, started in the background when the
+session is collected); the tests read what each boot recorded. Nothing is
 skipped: the VM harness installs what it lacks.
 """
 
